@@ -1,0 +1,74 @@
+//! The verified-claims cache (moka). Keyed by the SHA-256 of the whole token, so a token that
+//! differs in any byte (a changed signature included) is a different entry; each entry expires
+//! at its token's `exp`. It caches verification only, never an authorization decision.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::sync::Cache;
+
+use super::verify::{VerifiedToken, unix_now};
+
+type CacheKey = [u8; 32];
+
+struct UntilExp;
+
+impl Expiry<CacheKey, Arc<VerifiedToken>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<VerifiedToken>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(value.exp.saturating_sub(unix_now())))
+    }
+}
+
+/// Bounded cache of verified tokens.
+pub struct ClaimsCache {
+    inner: Option<Cache<CacheKey, Arc<VerifiedToken>>>,
+}
+
+fn key(token: &str) -> CacheKey {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+impl ClaimsCache {
+    /// A cache of at most `max_entries` tokens; 0 disables caching.
+    pub fn new(max_entries: u64) -> Self {
+        let inner = (max_entries > 0).then(|| {
+            Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilExp)
+                .build()
+        });
+        ClaimsCache { inner }
+    }
+
+    /// A cached, still unexpired verification of exactly this token.
+    pub fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+        let hit = self.inner.as_ref()?.get(&key(token))?;
+        // moka's expiry has a granularity; the token's own `exp` is the hard limit.
+        (hit.exp > unix_now()).then_some(hit)
+    }
+
+    pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>) {
+        if let Some(cache) = &self.inner
+            && verified.exp > unix_now()
+        {
+            cache.insert(key(token), verified);
+        }
+    }
+
+    /// Entries currently held (approximate; for metrics and tests).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| {
+            c.run_pending_tasks();
+            c.entry_count()
+        })
+    }
+}

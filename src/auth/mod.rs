@@ -1,0 +1,12 @@
+//! Tokens: key material, verification, the claims cache, claim rules and signing.
+
+pub mod cache;
+pub mod claims;
+pub mod issue;
+pub mod keys;
+pub mod verify;
+
+pub use cache::ClaimsCache;
+pub use claims::{AllowRule, ClaimPath};
+pub use keys::{Key, KeySet};
+pub use verify::{TokenError, VerifiedToken, Verifier};

@@ -1,0 +1,331 @@
+//! Token verification (RFC 7519/7515) with `jsonwebtoken`. Before the library sees a token we
+//! refuse what an attacker could use to choose the key or the algorithm: `alg: none`, embedded
+//! or remote keys (`jwk`, `jku`, `x5u`, `x5c`), `crit` extensions and JWE. The key is chosen by
+//! `kid` and its configured algorithm is the only one accepted.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use http::HeaderValue;
+use jsonwebtoken::Validation;
+use jsonwebtoken::errors::ErrorKind;
+use serde_json::{Map, Value};
+
+use super::cache::ClaimsCache;
+use super::claims::{ClaimPath, RenderError, render};
+use super::keys::{Key, KeySet};
+
+/// Longest token accepted; a JWT larger than this is not a credential but an attack.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// Why a token was refused. The message is sent to the client: it names the reason and never
+/// key material or library internals.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no token: send `Authorization: Bearer <token>`")]
+    Missing,
+    #[error("token is larger than 16 KiB")]
+    TooLarge,
+    #[error("token is not a well-formed JWT")]
+    Malformed,
+    #[error("encrypted tokens (JWE) are not accepted")]
+    Encrypted,
+    #[error("unsigned tokens (alg none) are not accepted")]
+    Unsigned,
+    #[error("token header field `{0}` is not accepted")]
+    ForbiddenHeader(&'static str),
+    #[error("token key id (kid) is not known")]
+    UnknownKeyId,
+    #[error("token algorithm is not the one configured for its key")]
+    WrongAlgorithm,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token has no `{0}` claim")]
+    MissingClaim(String),
+    #[error("token claim `{0}` has the wrong type")]
+    BadClaim(String),
+    #[error("token issuer is not accepted")]
+    WrongIssuer,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("token claim `{0}` {1}")]
+    UnrenderableClaim(String, RenderError),
+}
+
+impl TokenError {
+    /// A short fixed label (for metrics and logs).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing",
+            TokenError::TooLarge => "too_large",
+            TokenError::Malformed => "malformed",
+            TokenError::Encrypted => "encrypted",
+            TokenError::Unsigned => "unsigned",
+            TokenError::ForbiddenHeader(_) => "forbidden_header",
+            TokenError::UnknownKeyId => "unknown_kid",
+            TokenError::WrongAlgorithm => "wrong_algorithm",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::MissingClaim(_) => "missing_claim",
+            TokenError::BadClaim(_) => "bad_claim",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::UnrenderableClaim(..) => "bad_claim",
+        }
+    }
+}
+
+/// A token whose signature and time/issuer/audience claims were checked.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub claims: Map<String, Value>,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    /// `sub`, when it is a string (for logs).
+    pub sub: Option<String>,
+    /// The value of every claim some route injects as a header, rendered once per token and
+    /// indexed like [`Verifier::header_claims`].
+    pub header_values: Box<[Result<Option<HeaderValue>, RenderError>]>,
+}
+
+impl VerifiedToken {
+    /// The rendered header value for header claim `index`.
+    pub fn header_value(&self, index: usize) -> Result<Option<&HeaderValue>, RenderError> {
+        match self.header_values.get(index) {
+            Some(Ok(v)) => Ok(v.as_ref()),
+            Some(Err(e)) => Err(*e),
+            None => Ok(None),
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Checks tokens against the configured keys, issuer, audience and leeway, with a cache.
+pub struct Verifier {
+    keys: KeySet,
+    /// One `Validation` per key, in key order: the key's algorithm and nothing else.
+    validations: Vec<Validation>,
+    header_claims: Vec<ClaimPath>,
+    cache: ClaimsCache,
+}
+
+/// Header members that would let a token pick its own key, or demand processing we do not do.
+const FORBIDDEN_HEADERS: [&str; 5] = ["jwk", "jku", "x5u", "x5c", "crit"];
+
+struct JoseHeader {
+    alg: String,
+    kid: Option<String>,
+}
+
+fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
+    let encoded = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    for name in FORBIDDEN_HEADERS {
+        if header.contains_key(name) {
+            return Err(TokenError::ForbiddenHeader(name));
+        }
+    }
+    let alg = match header.get("alg") {
+        Some(Value::String(alg)) => alg.clone(),
+        _ => return Err(TokenError::Malformed),
+    };
+    if alg.eq_ignore_ascii_case("none") {
+        return Err(TokenError::Unsigned);
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(TokenError::Malformed),
+    };
+    Ok(JoseHeader { alg, kid })
+}
+
+fn map_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+        ErrorKind::InvalidClaimFormat(c) => TokenError::BadClaim(c.clone()),
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => TokenError::WrongAlgorithm,
+        // Bad encodings, bad JSON, keys that do not fit the signature: the token is unusable.
+        _ => TokenError::Malformed,
+    }
+}
+
+/// Settings shared by every key.
+pub struct VerifyOptions {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway_secs: u64,
+    pub cache_entries: u64,
+}
+
+impl Verifier {
+    pub fn new(keys: KeySet, options: &VerifyOptions, header_claims: Vec<ClaimPath>) -> Self {
+        let validations = keys
+            .iter()
+            .map(|key| {
+                let mut v = Validation::new(key.alg);
+                v.leeway = options.leeway_secs;
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                let mut required = vec!["exp"];
+                if let Some(iss) = &options.issuer {
+                    v.set_issuer(&[iss]);
+                    required.push("iss");
+                }
+                match &options.audience {
+                    Some(aud) => {
+                        v.set_audience(&[aud]);
+                        required.push("aud");
+                    }
+                    // No audience configured: `aud` is not ours to judge.
+                    None => v.validate_aud = false,
+                }
+                v.set_required_spec_claims(&required);
+                v
+            })
+            .collect();
+        Verifier {
+            keys,
+            validations,
+            header_claims,
+            cache: ClaimsCache::new(options.cache_entries),
+        }
+    }
+
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+
+    pub fn cache(&self) -> &ClaimsCache {
+        &self.cache
+    }
+
+    pub fn header_claims(&self) -> &[ClaimPath] {
+        &self.header_claims
+    }
+
+    /// Verifies `token`, from the cache when this exact token was verified before.
+    pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLarge);
+        }
+        if let Some(hit) = self.cache.get(token) {
+            return Ok(hit);
+        }
+        let verified = Arc::new(self.verify_uncached(token)?);
+        self.cache.insert(token, verified.clone());
+        Ok(verified)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+        match token.bytes().filter(|&b| b == b'.').count() {
+            2 => {}
+            4 => return Err(TokenError::Encrypted),
+            _ => return Err(TokenError::Malformed),
+        }
+        let header = parse_header(token)?;
+        let claims = match &header.kid {
+            Some(kid) => {
+                let (index, key) = self.key_by_id(kid)?;
+                if !key.alg_name_is(&header.alg) {
+                    return Err(TokenError::WrongAlgorithm);
+                }
+                self.decode_with(token, index, key)?
+            }
+            None => self.decode_without_kid(token, &header.alg)?,
+        };
+        self.finish(claims)
+    }
+
+    fn key_by_id(&self, kid: &str) -> Result<(usize, &Key), TokenError> {
+        let key = self.keys.by_id(kid).ok_or(TokenError::UnknownKeyId)?;
+        let index = self
+            .keys
+            .iter()
+            .position(|k| std::ptr::eq(k, key))
+            .ok_or(TokenError::UnknownKeyId)?;
+        Ok((index, key))
+    }
+
+    /// No `kid`: each key pinned to the token's algorithm is tried in config order.
+    fn decode_without_kid(&self, token: &str, alg: &str) -> Result<Map<String, Value>, TokenError> {
+        let mut last = TokenError::WrongAlgorithm;
+        for (index, key) in self.keys.iter().enumerate() {
+            if !key.alg_name_is(alg) {
+                continue;
+            }
+            match self.decode_with(token, index, key) {
+                Err(TokenError::BadSignature) => last = TokenError::BadSignature,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    fn decode_with(
+        &self,
+        token: &str,
+        index: usize,
+        key: &Key,
+    ) -> Result<Map<String, Value>, TokenError> {
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &self.validations[index])
+            .map(|data| data.claims)
+            .map_err(|e| map_error(e.kind()))
+    }
+
+    fn finish(&self, claims: Map<String, Value>) -> Result<VerifiedToken, TokenError> {
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| TokenError::BadClaim("exp".into()))?;
+        for name in ["nbf", "iat"] {
+            if claims.get(name).is_some_and(|v| !v.is_u64()) {
+                return Err(TokenError::BadClaim(name.into()));
+            }
+        }
+        let sub = match claims.get("sub") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(TokenError::BadClaim("sub".into())),
+        };
+        let header_values = self
+            .header_claims
+            .iter()
+            .map(|path| render(path.lookup(&claims)))
+            .collect();
+        Ok(VerifiedToken {
+            claims,
+            exp,
+            sub,
+            header_values,
+        })
+    }
+}
+
+impl Key {
+    fn alg_name_is(&self, alg: &str) -> bool {
+        self.algorithm.name() == alg
+    }
+}

@@ -1,0 +1,221 @@
+//! Command line (clap): `run` (default), `check`, `token`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{Map, Value};
+
+use crate::config::parse_duration;
+use crate::routes::PathMatch;
+use crate::runtime::{Runtime, Target};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "authgate",
+    version,
+    about = "Auth gateway reverse proxy: verifies JWTs per route and forwards claims as headers"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "AUTHGATE_CONFIG",
+        default_value = "gateway.yaml"
+    )]
+    pub config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `debug`, `authgate=debug`); RUST_LOG when not given.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default).
+    Run,
+    /// Parse, validate and compile the config; print the route table; exit 1 on errors.
+    Check,
+    /// Print a token signed with the config's signing key (the first key).
+    Token {
+        /// Subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Extra claim `key=value`; `a,b` makes an array, JSON values are taken as JSON;
+        /// repeating a key makes an array.
+        #[arg(long = "claim", value_name = "KEY=VALUE")]
+        claims: Vec<String>,
+        /// Lifetime (e.g. `15m`); defaults to `tokens.ttl`.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+/// Parses `--claim` arguments into a claims object.
+pub fn parse_claims(args: &[String]) -> Result<Map<String, Value>, String> {
+    let mut claims = Map::new();
+    for arg in args {
+        let (key, raw) = arg
+            .split_once('=')
+            .ok_or_else(|| format!("`{arg}`: write claims as key=value"))?;
+        if key.is_empty() {
+            return Err(format!("`{arg}`: empty claim name"));
+        }
+        let value = match serde_json::from_str::<Value>(raw) {
+            Ok(v) if !v.is_string() => v,
+            _ if raw.contains(',') => Value::Array(
+                raw.split(',')
+                    .map(|s| Value::String(s.trim().to_owned()))
+                    .collect(),
+            ),
+            _ => Value::String(raw.to_owned()),
+        };
+        match claims.get_mut(key) {
+            None => {
+                claims.insert(key.to_owned(), value);
+            }
+            Some(Value::Array(items)) => match value {
+                Value::Array(more) => items.extend(more),
+                v => items.push(v),
+            },
+            Some(existing) => {
+                let first = existing.take();
+                let mut items = vec![first];
+                match value {
+                    Value::Array(more) => items.extend(more),
+                    v => items.push(v),
+                }
+                *existing = Value::Array(items);
+            }
+        }
+    }
+    Ok(claims)
+}
+
+/// Signs a token as `authgate token` does.
+pub fn token(
+    rt: &Runtime,
+    sub: &str,
+    claims: &[String],
+    ttl: Option<&str>,
+) -> Result<String, String> {
+    let extra = parse_claims(claims)?;
+    let ttl = match ttl {
+        Some(t) => parse_duration(t)?,
+        None => rt.tokens.ttl,
+    };
+    let options = crate::auth::issue::IssueOptions {
+        issuer: rt.tokens.issuer.as_deref(),
+        audience: rt.tokens.audience.as_deref(),
+        ttl,
+    };
+    crate::auth::issue::issue(rt.verifier.keys(), &options, sub, extra).map_err(|e| e.to_string())
+}
+
+/// The route table as `authgate check` prints it.
+pub fn route_table(rt: &Runtime) -> String {
+    let mut rows = vec![[
+        "#".to_string(),
+        "route".into(),
+        "match".into(),
+        "methods".into(),
+        "host".into(),
+        "auth".into(),
+        "upstream".into(),
+        "injects".into(),
+    ]];
+    for (i, (m, route)) in rt.routes.iter().enumerate() {
+        let path = match &m.path {
+            PathMatch::Any => "/*".to_string(),
+            PathMatch::Exact(p) => p.clone(),
+            PathMatch::Prefix(p) => format!("{p}/*"),
+        };
+        let methods = m.methods.as_ref().map_or("*".into(), |ms| {
+            ms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
+        });
+        let upstream = rt.upstream(route);
+        let target = match &upstream.target {
+            Target::Echo => format!("{} (builtin:echo)", upstream.name),
+            Target::Http {
+                authority,
+                base_path,
+                ..
+            } => format!("{} (http://{authority}{base_path})", upstream.name),
+        };
+        let injects = route
+            .headers
+            .iter()
+            .map(|(h, _)| h.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        rows.push([
+            i.to_string(),
+            route.name.clone(),
+            path,
+            methods,
+            m.host.clone().unwrap_or_else(|| "*".into()),
+            format!("{:?}", route.auth).to_lowercase(),
+            target,
+            if injects.is_empty() {
+                "-".into()
+            } else {
+                injects
+            },
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn claims_parse_scalars_lists_json_and_repeats() {
+        let args: Vec<String> = [
+            "roles=admin,dev",
+            "tenant=acme",
+            "level=3",
+            "ok=true",
+            "g=x",
+            "g=y",
+            "obj={\"a\":1}",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let c = parse_claims(&args).unwrap();
+        assert_eq!(c["roles"], json!(["admin", "dev"]));
+        assert_eq!(c["tenant"], json!("acme"));
+        assert_eq!(c["level"], json!(3));
+        assert_eq!(c["ok"], json!(true));
+        assert_eq!(c["g"], json!(["x", "y"]));
+        assert_eq!(c["obj"], json!({"a": 1}));
+        assert!(parse_claims(&["novalue".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,605 @@
+//! The config file as written: plain serde structs (`deny_unknown_fields`), `${VAR}` expansion
+//! and durations. `runtime.rs` validates and compiles them into the form the request path reads:
+//! `gateway.yaml -> RawConfig -> Runtime`.
+
+mod duration;
+mod expand;
+mod locate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+
+pub use duration::parse_duration;
+pub use expand::{ExpandError, expand, expand_with};
+pub use locate::{KeyPath, Seg, locate};
+
+/// The whole config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the gateway listens on, e.g. `0.0.0.0:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: Text,
+    /// Token verification (and, for the CLI, signing) settings.
+    pub tokens: RawTokens,
+    /// Claims cache bounds.
+    #[serde(default)]
+    pub cache: RawCache,
+    /// Named upstreams: `name: "http://host:port"` or `name: { url, connect_timeout, timeout }`.
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Routes, first match in file order wins.
+    pub routes: Vec<RawRoute>,
+}
+
+fn default_listen() -> Text {
+    Text("0.0.0.0:8080".into())
+}
+
+/// `tokens:` — who issues tokens and which keys verify them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    /// `iss` of issued tokens; when set, verified tokens must carry exactly this issuer.
+    #[serde(default)]
+    pub issuer: Option<Text>,
+    /// `aud` of issued tokens; when set, verified tokens must name this audience.
+    #[serde(default)]
+    pub audience: Option<Text>,
+    /// Lifetime of issued tokens.
+    #[serde(default = "default_ttl")]
+    pub ttl: DurationValue,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: DurationValue,
+    /// Keys: the first one signs, every one verifies.
+    pub keys: Vec<RawKey>,
+}
+
+fn default_ttl() -> DurationValue {
+    DurationValue(Duration::from_secs(3600))
+}
+fn default_leeway() -> DurationValue {
+    DurationValue(Duration::from_secs(30))
+}
+
+/// One signing/verification key. Its algorithm is pinned: a token cannot choose another.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Key id, written as `kid` in issued tokens' headers and used to pick the key on verify.
+    pub id: Text,
+    /// The one algorithm this key accepts.
+    pub algorithm: Algorithm,
+    /// HS* only: the shared secret (at least 32 bytes). Use `${VAR}` to keep it out of the file.
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    /// HS* only: a file holding the shared secret (one trailing newline is ignored).
+    #[serde(default)]
+    pub secret_file: Option<Text>,
+    /// RS*/PS*/ES*/EdDSA: PEM private key; lets this key sign (its public half verifies).
+    #[serde(default)]
+    pub private_key_file: Option<Text>,
+    /// RS*/PS*/ES*/EdDSA: PEM public key; verify only.
+    #[serde(default)]
+    pub public_key_file: Option<Text>,
+    /// Demo convenience: when `secret` expands to an empty string, generate a random secret
+    /// for this process (tokens then do not survive a restart; a warning is logged).
+    #[serde(default)]
+    pub ephemeral_if_empty: bool,
+}
+
+/// `cache:` — the verified-claims cache.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Most tokens whose verified claims are kept; 0 disables the cache.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u64,
+}
+
+fn default_max_entries() -> u64 {
+    100_000
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_entries: default_max_entries(),
+        }
+    }
+}
+
+/// An upstream: a base URL, optionally with timeouts.
+#[derive(Debug)]
+pub struct RawUpstream {
+    /// `http://host:port[/base/path]`, or `builtin:echo` for the demo echo upstream.
+    pub url: Text,
+    /// Time allowed to open a TCP connection (unreachable → 502).
+    pub connect_timeout: DurationValue,
+    /// Time allowed for the response headers to arrive (too slow → 504).
+    pub timeout: DurationValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamLong {
+    url: Text,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: DurationValue,
+    #[serde(default = "default_upstream_timeout")]
+    timeout: DurationValue,
+}
+
+fn default_connect_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(5))
+}
+fn default_upstream_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(30))
+}
+
+impl<'de> Deserialize<'de> for RawUpstream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawUpstream;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL string or a mapping with `url`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
+                Ok(RawUpstream {
+                    url: Text::expand(v)?,
+                    connect_timeout: default_connect_timeout(),
+                    timeout: default_upstream_timeout(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
+                let long =
+                    RawUpstreamLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawUpstream {
+                    url: long.url,
+                    connect_timeout: long.connect_timeout,
+                    timeout: long.timeout,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// How a route treats tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No token needed or looked at; identity headers are still stripped.
+    None,
+    /// A valid token is used when present; no token passes anonymously; a bad token is 401.
+    Optional,
+    /// A valid token is needed (the default: deny by default).
+    #[default]
+    Required,
+}
+
+/// One route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name used in logs, metrics and `authgate check`.
+    pub name: String,
+    /// What requests this route takes; an empty match takes every request.
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    /// Name of an entry in `upstreams`.
+    pub upstream: String,
+    /// `none`, `optional` or `required` (default).
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Claims the token must carry: `claim: value` or `claim: [any, of]`; dot paths reach
+    /// nested claims (`realm_access.roles`). Every listed claim must match.
+    #[serde(default)]
+    pub allow: BTreeMap<String, ClaimMatch>,
+    /// Upstream header name ← claim (dot path); arrays are joined with `,`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Text>,
+    /// Removed from the front of the path before forwarding (segment-aware).
+    #[serde(default)]
+    pub strip_prefix: Option<Text>,
+    /// Send the client's `Authorization` header upstream (default false).
+    #[serde(default)]
+    pub forward_token: bool,
+}
+
+/// `match:` — every condition given must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Exact normalized path.
+    #[serde(default)]
+    pub path: Option<Text>,
+    /// Segment-aware prefix: `/admin` takes `/admin` and `/admin/x`, not `/administrator`.
+    #[serde(default)]
+    pub path_prefix: Option<Text>,
+    /// Methods taken (upper case); GET also takes HEAD.
+    #[serde(default)]
+    pub methods: Option<Vec<Text>>,
+    /// Host, compared case-insensitively without port or trailing dot.
+    #[serde(default)]
+    pub host: Option<Text>,
+}
+
+/// Signing algorithms a key can be pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Algorithm {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Algorithm {
+    /// The JOSE `alg` name (RFC 7518).
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+}
+
+/// A string value after `${VAR}` expansion.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl Text {
+    fn expand<E: de::Error>(raw: &str) -> Result<Text, E> {
+        expand(raw).map(Text).map_err(E::custom)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Text::expand(&raw)
+    }
+}
+
+/// A secret string: expanded like [`Text`], never printed.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Text::deserialize(d).map(|t| Secret(t.0))
+    }
+}
+
+/// A duration written as `90s`, `15m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationValue(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = Text::deserialize(d)?;
+        parse_duration(&text.0)
+            .map(DurationValue)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// The values an `allow` entry accepts: one scalar or a list (any of).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimMatch(pub Vec<serde_json::Value>);
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string, number or boolean")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(Text::expand::<E>(v)?.0))
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| E::custom("not a finite number"))
+    }
+}
+
+struct Scalar(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor).map(Scalar)
+    }
+}
+
+impl<'de> Deserialize<'de> for ClaimMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ClaimMatch;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number, boolean or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ClaimMatch, E> {
+                ScalarVisitor.visit_str(v).map(|s| ClaimMatch(vec![s]))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ClaimMatch, E> {
+                Ok(ClaimMatch(vec![v.into()]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ClaimMatch, E> {
+                Ok(ClaimMatch(vec![v.into()]))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ClaimMatch, E> {
+                Ok(ClaimMatch(vec![v.into()]))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ClaimMatch, E> {
+                ScalarVisitor.visit_f64(v).map(|s| ClaimMatch(vec![s]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ClaimMatch, A::Error> {
+                let mut values = Vec::new();
+                while let Some(Scalar(v)) = seq.next_element()? {
+                    values.push(v);
+                }
+                if values.is_empty() {
+                    return Err(de::Error::custom(
+                        "an empty list matches nothing; list at least one value",
+                    ));
+                }
+                Ok(ClaimMatch(values))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One problem in a config file, printed as `file:line:column: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", join_lines(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn join_lines(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    /// Every diagnostic, for `authgate check` and the reload log.
+    pub fn diagnostics(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Invalid(d) => d.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// The text of a config file and where it came from, kept to locate later errors.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The path as the user gave it (printed in diagnostics).
+    pub name: String,
+    /// Directory that relative key file paths are resolved against.
+    pub dir: PathBuf,
+    pub text: String,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Source, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Source::from_text(path, text))
+    }
+
+    pub fn from_text(path: &Path, text: String) -> Source {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Source {
+            name: path.display().to_string(),
+            dir,
+            text,
+        }
+    }
+
+    /// A diagnostic at the node `path` points to (or its nearest existing parent).
+    pub fn diagnostic(&self, path: &KeyPath, message: impl fmt::Display) -> Diagnostic {
+        let (line, column) = locate(&self.text, path).unwrap_or((1, 1));
+        let message = if path.0.is_empty() {
+            message.to_string()
+        } else {
+            format!("{path}: {message}")
+        };
+        Diagnostic {
+            file: self.name.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// Parses the text into the raw structs.
+    pub fn parse(&self) -> Result<RawConfig, ConfigError> {
+        yaml_serde::from_str(&self.text).map_err(|err| {
+            let (line, column) = err
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            ConfigError::Invalid(vec![Diagnostic {
+                file: self.name.clone(),
+                line,
+                column,
+                message: strip_location(&err.to_string()),
+            }])
+        })
+    }
+
+    /// Resolves a path from the config relative to the config file's directory.
+    pub fn resolve(&self, file: &str) -> PathBuf {
+        let p = Path::new(file);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p)
+        }
+    }
+}
+
+/// yaml_serde appends " at line L column C"; we print the location in front instead.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(pos) => message[..pos].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(text: &str) -> Source {
+        Source::from_text(Path::new("gw.yaml"), text.to_owned())
+    }
+
+    const MINIMAL: &str = "tokens:\n  keys:\n    - { id: k1, algorithm: HS256, secret: x }\nupstreams:\n  a: \"http://127.0.0.1:1\"\nroutes:\n  - name: r\n    upstream: a\n";
+
+    #[test]
+    fn parses_a_minimal_config_with_defaults() {
+        let raw = src(MINIMAL).parse().unwrap();
+        assert_eq!(raw.listen.as_str(), "0.0.0.0:8080");
+        assert_eq!(raw.tokens.ttl.0, Duration::from_secs(3600));
+        assert_eq!(raw.routes[0].auth, AuthMode::Required);
+        assert_eq!(raw.cache.max_entries, 100_000);
+        assert_eq!(raw.upstreams["a"].timeout.0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_column_and_key() {
+        let text = MINIMAL.replace("    upstream: a\n", "    upstream: a\n    upstraem: b\n");
+        let err = src(&text).parse().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("gw.yaml:9:5: "), "{msg}");
+        assert!(msg.contains("unknown field `upstraem`"), "{msg}");
+    }
+
+    #[test]
+    fn bad_durations_and_unset_variables_are_located() {
+        let text = MINIMAL.replace("tokens:\n", "tokens:\n  ttl: 60\n");
+        let msg = src(&text).parse().unwrap_err().to_string();
+        assert!(msg.starts_with("gw.yaml:2:3: "), "{msg}");
+        assert!(msg.contains("missing unit"), "{msg}");
+
+        let text = MINIMAL.replace("secret: x", "secret: \"${AUTHGATE_TEST_SURELY_UNSET}\"");
+        let msg = src(&text).parse().unwrap_err().to_string();
+        assert!(msg.starts_with("gw.yaml:3:"), "{msg}");
+        assert!(msg.contains("AUTHGATE_TEST_SURELY_UNSET"), "{msg}");
+    }
+
+    #[test]
+    fn secrets_are_not_debug_printed() {
+        let raw = src(MINIMAL).parse().unwrap();
+        let dbg = format!("{:?}", raw.tokens.keys[0]);
+        assert!(!dbg.contains("\"x\""), "{dbg}");
+    }
+
+    #[test]
+    fn allow_values_take_scalars_and_lists() {
+        let text = MINIMAL.replace(
+            "    upstream: a\n",
+            "    upstream: a\n    allow: { roles: [admin, ops], level: 3, active: true }\n",
+        );
+        let raw = src(&text).parse().unwrap();
+        let allow = &raw.routes[0].allow;
+        assert_eq!(
+            allow["roles"].0,
+            vec![serde_json::json!("admin"), serde_json::json!("ops")]
+        );
+        assert_eq!(allow["level"].0, vec![serde_json::json!(3)]);
+        assert_eq!(allow["active"].0, vec![serde_json::json!(true)]);
+    }
+}

@@ -1,0 +1,323 @@
+//! The per-request pipeline, in a fixed order:
+//! target → route → token → allow → rewrite headers → forward → log.
+//! Each step either hands the request on or ends it with one [`GatewayError`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{AUTHORIZATION, HOST, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{HeaderMap, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::auth::{TokenError, VerifiedToken};
+use crate::config::AuthMode;
+use crate::error::GatewayError;
+use crate::path::normalize;
+use crate::proxy::forward::stream;
+use crate::proxy::headers::{remove_hop_by_hop, set_forwarded};
+use crate::proxy::{Body, echo};
+use crate::runtime::{Route, Runtime, Target};
+
+/// Shared state of a running gateway: the current runtime, swapped whole on reload.
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+}
+
+/// What the log line needs to know about a request once it is answered.
+#[derive(Default)]
+struct Outcome {
+    route: Option<String>,
+    upstream: Option<String>,
+    sub: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime) -> Arc<Self> {
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+        })
+    }
+
+    /// The runtime new requests will use.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swaps in a new runtime; requests in flight keep the one they started with.
+    pub fn replace(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        // One snapshot per request, held until the response is produced.
+        let rt = self.runtime.load_full();
+        let method = req.method().clone();
+        let raw_path = req.uri().path().to_owned();
+        let mut outcome = Outcome::default();
+        let resp = match process(&rt, req, peer, &mut outcome).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                if let GatewayError::Token(reason) = &err {
+                    tracing::debug!(reason = reason.reason(), "token refused");
+                }
+                err.into_response()
+            }
+        };
+        tracing::info!(
+            target: "authgate::access",
+            method = %method,
+            path = %raw_path,
+            route = outcome.route.as_deref().unwrap_or("-"),
+            status = resp.status().as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            sub = outcome.sub.as_deref().unwrap_or("-"),
+            upstream = outcome.upstream.as_deref().unwrap_or("-"),
+            "request"
+        );
+        resp
+    }
+}
+
+/// The request's host: from an absolute-form target, else from the single `Host` header.
+fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let header = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(GatewayError::BadRequest("several Host headers"));
+    }
+    match (parts.uri.authority(), header) {
+        (Some(authority), Some(h))
+            if !authority
+                .as_str()
+                .eq_ignore_ascii_case(h.to_str().unwrap_or("")) =>
+        {
+            Err(GatewayError::BadRequest(
+                "request target and Host header name different hosts",
+            ))
+        }
+        (Some(authority), _) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
+        (None, h) => Ok(h),
+    }
+}
+
+/// The bearer token, if any. Several `Authorization` headers, or several tokens in one, are
+/// refused: which one a backend would pick is anyone's guess.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::BadRequest("several Authorization headers"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| GatewayError::Token(TokenError::Malformed))?
+        .trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic, Digest...) carries no token of ours.
+        return Ok(None);
+    }
+    let token = rest.trim();
+    if token.is_empty() {
+        return Err(GatewayError::Token(TokenError::Malformed));
+    }
+    if token.contains([' ', ',', '\t']) {
+        return Err(GatewayError::BadRequest(
+            "several tokens in the Authorization header",
+        ));
+    }
+    Ok(Some(token))
+}
+
+/// Runs the route's auth mode and `allow` rules; the verified token when there is one.
+fn authorize(
+    rt: &Runtime,
+    route: &Route,
+    token: Option<&str>,
+) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
+    let verified = match (route.auth, token) {
+        (AuthMode::None, _) => return Ok(None),
+        (_, Some(token)) => Some(rt.verifier.verify(token)?),
+        (AuthMode::Required, None) => return Err(TokenError::Missing.into()),
+        (AuthMode::Optional, None) => None,
+    };
+    if !route.allow.is_empty() {
+        let Some(v) = &verified else {
+            return Err(TokenError::Missing.into());
+        };
+        if let Some(rule) = crate::auth::claims::first_failing(&route.allow, &v.claims) {
+            return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
+        }
+    }
+    Ok(verified)
+}
+
+/// The path sent upstream: the normalized path, less `strip_prefix`, under the base path.
+fn upstream_path(
+    route: &Route,
+    base: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, GatewayError> {
+    let mut path = match &route.strip_prefix {
+        Some(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or(path),
+        None => path,
+    };
+    if path.is_empty() {
+        path = "/";
+    }
+    let mut out = String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    out.push_str(base);
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    PathAndQuery::try_from(out).map_err(|_| GatewayError::BadRequest("invalid request target"))
+}
+
+async fn process(
+    rt: &Runtime,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+    if parts.uri.path().is_empty() || parts.method == http::Method::CONNECT {
+        return Err(GatewayError::BadRequest(
+            "only origin-form and absolute-form targets are served",
+        ));
+    }
+    let host = request_host(&parts)?;
+    let path = normalize(parts.uri.path())?;
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let (_, route) = rt
+        .routes
+        .find(&parts.method, host_str, &path)
+        .ok_or(GatewayError::NoRoute)?;
+    outcome.route = Some(route.name.clone());
+
+    let token = bearer_token(&parts.headers)?;
+    let verified = authorize(rt, route, token)?;
+    outcome.sub = verified.as_ref().and_then(|v| v.sub.clone());
+
+    // Render every injected value before touching the request: a claim that cannot be a
+    // header fails the request rather than being dropped or passed through raw.
+    let mut injected = Vec::with_capacity(route.headers.len());
+    if let Some(v) = &verified {
+        for (name, index) in &route.headers {
+            match v.header_value(*index) {
+                Ok(Some(value)) => injected.push((name, value.clone())),
+                Ok(None) => {}
+                Err(e) => {
+                    let claim = rt.verifier.header_claims()[*index].as_str().to_owned();
+                    return Err(TokenError::UnrenderableClaim(claim, e).into());
+                }
+            }
+        }
+    }
+
+    let upstream = rt.upstream(route);
+    outcome.upstream = Some(upstream.name.clone());
+    let path_and_query = match &upstream.target {
+        Target::Http { base_path, .. } => {
+            upstream_path(route, base_path, &path, parts.uri.query())?
+        }
+        Target::Echo => upstream_path(route, "", &path, parts.uri.query())?,
+    };
+
+    // Strip, then inject: hop-by-hop and `Connection`-named headers go first, then every
+    // spelling of every injected name, and only then the gateway's own values are added, so
+    // nothing the client sends can remove or replace them.
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
+    rt.strip.strip(headers);
+    if !route.forward_token {
+        headers.remove(AUTHORIZATION);
+    }
+    set_forwarded(headers, peer.ip(), host.as_ref());
+    if let Some(h) = &host {
+        // HTTP/2 clients send `:authority` instead of Host; the upstream gets a Host either way.
+        headers.insert(HOST, h.clone());
+    }
+    for (name, value) in injected {
+        headers.insert(name.clone(), value);
+    }
+    parts.version = Version::HTTP_11;
+
+    let mut upstream_req = Request::from_parts(parts, stream(body));
+    let mut resp = match &upstream.target {
+        Target::Echo => {
+            *upstream_req.uri_mut() = Uri::from(path_and_query);
+            return Ok(echo::respond(&upstream_req));
+        }
+        Target::Http {
+            scheme,
+            authority,
+            client,
+            ..
+        } => {
+            *upstream_req.uri_mut() = Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+            client.send(upstream_req).await?
+        }
+    };
+    remove_hop_by_hop(resp.headers_mut());
+    Ok(resp.map(stream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_single() {
+        assert_eq!(
+            bearer_token(&headers(&["Bearer abc"])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(&headers(&["bEaReR   abc "])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer_token(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(),
+            None
+        );
+        assert_eq!(bearer_token(&headers(&[])).unwrap(), None);
+        assert!(matches!(
+            bearer_token(&headers(&["Bearer a", "Bearer b"])),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&["Bearer a, Bearer b"])),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&["Bearer a b"])),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            bearer_token(&headers(&["Bearer"])),
+            Err(GatewayError::Token(_))
+        ));
+    }
+}

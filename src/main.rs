@@ -1,0 +1,110 @@
+//! The `authgate` binary: CLI parsing, logging, and the commands. `anyhow` lives only here.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use authgate::cli::{self, Cli, Command, LogFormat};
+use authgate::runtime::Runtime;
+use authgate::server;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(cli: &Cli) {
+    let filter = match &cli.log_level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let result = match &cli.command {
+        None | Some(Command::Run) => run(&cli),
+        Some(Command::Check) => return check(&cli),
+        Some(Command::Token { sub, claims, ttl }) => token(&cli, sub, claims, ttl.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("authgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(cli: &Cli) -> ExitCode {
+    match Runtime::load(&cli.config) {
+        Ok(rt) => {
+            print!("{}", cli::route_table(&rt));
+            for w in &rt.warnings {
+                eprintln!("{w}");
+            }
+            println!(
+                "{}: OK ({} routes, {} upstreams, {} keys)",
+                cli.config.display(),
+                rt.routes.len(),
+                rt.upstreams.len(),
+                rt.verifier.keys().iter().count()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in e.diagnostics() {
+                eprintln!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(cli: &Cli, sub: &str, claims: &[String], ttl: Option<&str>) -> anyhow::Result<()> {
+    let rt = Runtime::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !rt.ephemeral_keys().is_empty() {
+        anyhow::bail!(
+            "the signing key's secret is ephemeral (JWT_SECRET is not set): a token signed here would not be accepted by a running gateway; set JWT_SECRET for both"
+        );
+    }
+    let token = cli::token(&rt, sub, claims, ttl).map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let runtime =
+        Runtime::load(&cli.config).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    for w in &runtime.warnings {
+        tracing::warn!("{w}");
+    }
+    for id in runtime.ephemeral_keys() {
+        tracing::warn!(
+            key = id,
+            "NO SECRET CONFIGURED: key `{id}` uses a random secret generated for this process. Tokens will not survive a restart and `authgate token` cannot sign for it. Set JWT_SECRET (e.g. `export JWT_SECRET=$(openssl rand -hex 32)`)."
+        );
+    }
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    tokio.block_on(async {
+        let listen = runtime.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, config = %cli.config.display(), routes = runtime.routes.len(), "authgate listening");
+        let gateway = authgate::gateway::Gateway::new(runtime);
+        server::reload_on_sighup(gateway.clone(), cli.config.clone());
+        server::serve(gateway, listener, server::shutdown_signal(), server::DEFAULT_GRACE).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}

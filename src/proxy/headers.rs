@@ -1,0 +1,221 @@
+//! Header rewriting between client and upstream: hop-by-hop removal (RFC 9110 §7.6.1),
+//! `X-Forwarded-*`, and strip-then-inject of identity headers so a client can never forge one.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies still see).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Headers the gateway manages itself; a route cannot map a claim onto them.
+const RESERVED: [&str; 8] = [
+    "host",
+    "content-length",
+    "authorization",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+pub fn is_reserved_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(&n) || RESERVED.contains(&n)
+}
+
+/// A header name as backends may read it: case-insensitive, and `_` or `.` taken for `-`
+/// (CGI, PHP, Django, nginx with `underscores_in_headers` all fold `X_User_Id` into
+/// `X-User-Id`, so every spelling must be stripped, not only the exact one).
+pub fn canonical_name(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' | b'.' => '-',
+            b => b.to_ascii_lowercase() as char,
+        })
+        .collect()
+}
+
+fn needs_folding(name: &str) -> bool {
+    name.bytes()
+        .any(|b| b == b'_' || b == b'.' || b.is_ascii_uppercase())
+}
+
+/// Every header name any route injects, in canonical form. Stripped from every request on every
+/// route (public ones included) before injected values are added.
+#[derive(Debug, Default)]
+pub struct StripSet {
+    names: HashSet<String>,
+}
+
+impl StripSet {
+    pub fn new(names: impl IntoIterator<Item = HeaderName>) -> Self {
+        StripSet {
+            names: names
+                .into_iter()
+                .map(|n| canonical_name(n.as_str()))
+                .collect(),
+        }
+    }
+
+    /// Whether a header of this name would be taken by some backend for an injected header.
+    pub fn contains_str(&self, name: &str) -> bool {
+        if needs_folding(name) {
+            self.names.contains(&canonical_name(name))
+        } else {
+            self.names.contains(name)
+        }
+    }
+
+    /// Removes every spelling of every injected header.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        if self.names.is_empty() {
+            return;
+        }
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| self.contains_str(name.as_str()))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(&name);
+        }
+    }
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`, replacing whatever the client sent for the last two.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
+    let mut chain = String::new();
+    for value in headers.get_all(header::HeaderName::from_static("x-forwarded-for")) {
+        if let Ok(v) = value.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                if !chain.is_empty() {
+                    chain.push_str(", ");
+                }
+                chain.push_str(v);
+            }
+        }
+    }
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer.to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    match host {
+        Some(h) => {
+            headers.insert("x-forwarded-host", h.clone());
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_every_spelling_of_injected_names() {
+        let set = StripSet::new([HeaderName::from_static("x-user-id")]);
+        let mut h = map(&[
+            ("x-user-id", "evil"),
+            ("X_User_Id", "evil"),
+            ("x.user.id", "evil"),
+            ("x-user_id", "evil"),
+            ("x-user-idx", "keep"),
+            ("accept", "keep"),
+        ]);
+        set.strip(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["accept", "x-user-idx"]);
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret , x-user-id"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("x-user-id", "spoof"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("accept", "*/*"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends_and_proto_host_are_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil"),
+        ]);
+        let host = HeaderValue::from_static("app.example");
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), Some(&host));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+    }
+
+    #[test]
+    fn canonical_names_fold_case_underscore_and_dot() {
+        assert_eq!(canonical_name("X_User.Id"), "x-user-id");
+        assert!(is_reserved_header(&HeaderName::from_static("host")));
+        assert!(is_reserved_header(&HeaderName::from_static(
+            "transfer-encoding"
+        )));
+        assert!(!is_reserved_header(&HeaderName::from_static("x-user-id")));
+    }
+}

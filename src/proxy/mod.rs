@@ -1,0 +1,7 @@
+//! Forwarding to upstreams: header rewriting, the pooled client, the demo echo upstream.
+
+pub mod echo;
+pub mod forward;
+pub mod headers;
+
+pub use forward::{Body, BoxError};

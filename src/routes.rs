@@ -1,0 +1,352 @@
+//! The route table: first match in file order wins. Paths are matched segment by segment
+//! through a prefix trie whose nodes hold file-order indices, so a table of thousands of routes
+//! costs a walk of the request's segments, not a scan of every rule.
+
+use std::collections::HashMap;
+
+use http::Method;
+
+use crate::path::segment_name;
+
+/// The path condition of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Every path.
+    Any,
+    /// Exactly this normalized path (`;` parameters ignored).
+    Exact(String),
+    /// This path and everything below it, segment-aware: `/admin` takes `/admin`, `/admin/`
+    /// and `/admin/x`, never `/administrator`.
+    Prefix(String),
+}
+
+/// Every condition of one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matcher {
+    pub path: PathMatch,
+    /// `None` takes every method. A route that takes GET also takes HEAD (RFC 9110 §9.3.2).
+    pub methods: Option<Vec<Method>>,
+    /// Lower-case host without port or trailing dot.
+    pub host: Option<String>,
+}
+
+impl Matcher {
+    fn method_ok(&self, method: &Method) -> bool {
+        match &self.methods {
+            None => true,
+            Some(list) => {
+                list.contains(method) || (*method == Method::HEAD && list.contains(&Method::GET))
+            }
+        }
+    }
+
+    fn host_ok(&self, host: Option<&str>) -> bool {
+        match (&self.host, host) {
+            (None, _) => true,
+            (Some(want), Some(got)) => host_name(got).eq_ignore_ascii_case(want),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// The host part of a `Host` value: port and one trailing dot removed.
+pub fn host_name(host: &str) -> &str {
+    let name = if host.starts_with('[') {
+        // IPv6 literal: keep through the closing bracket.
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    /// Prefix routes ending at this node, ascending file order.
+    prefix: Vec<u32>,
+}
+
+/// A compiled route table over route payloads `T`.
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    entries: Vec<(Matcher, T)>,
+    root: Node,
+    exact: HashMap<Box<str>, Vec<u32>>,
+}
+
+/// The routing key of an exact path: segment names without `;` parameters.
+fn exact_key(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut key = String::with_capacity(path.len());
+    for seg in path.split('/').skip(1) {
+        key.push('/');
+        key.push_str(segment_name(seg));
+    }
+    std::borrow::Cow::Owned(key)
+}
+
+fn prefix_segments(prefix: &str) -> impl Iterator<Item = &str> {
+    prefix
+        .split('/')
+        .skip(1)
+        .map(segment_name)
+        .filter(|s| !s.is_empty())
+}
+
+impl<T> RouteTable<T> {
+    /// Builds the table; `entries` are in file order.
+    pub fn new(entries: Vec<(Matcher, T)>) -> Self {
+        let mut root = Node::default();
+        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        for (index, (matcher, _)) in entries.iter().enumerate() {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            match &matcher.path {
+                PathMatch::Any => root.prefix.push(index),
+                PathMatch::Prefix(p) => {
+                    let mut node = &mut root;
+                    for seg in prefix_segments(p) {
+                        node = node.children.entry(seg.into()).or_default();
+                    }
+                    node.prefix.push(index);
+                }
+                PathMatch::Exact(p) => exact.entry(exact_key(p).into()).or_default().push(index),
+            }
+        }
+        RouteTable {
+            entries,
+            root,
+            exact,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &(Matcher, T)> {
+        self.entries.iter()
+    }
+
+    /// The first route in file order that takes this request. `path` must be normalized.
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(usize, &T)> {
+        let ok = |i: &u32| {
+            let (m, _) = &self.entries[*i as usize];
+            m.method_ok(method) && m.host_ok(host)
+        };
+        let first = |list: &[u32]| list.iter().copied().find(|i| ok(i));
+
+        let mut best = self
+            .exact
+            .get(exact_key(path).as_ref())
+            .and_then(|l| first(l));
+        let mut node = &self.root;
+        let consider = |list: &[u32], best: &mut Option<u32>| {
+            // Lists are in ascending order, so once the head is past `best`, nothing here wins.
+            if list
+                .first()
+                .is_some_and(|head| best.is_none_or(|b| *head < b))
+                && let Some(i) = first(list)
+            {
+                *best = Some(best.map_or(i, |b| b.min(i)));
+            }
+        };
+        consider(&node.prefix, &mut best);
+        for seg in path.split('/').skip(1).map(segment_name) {
+            if seg.is_empty() {
+                continue;
+            }
+            match node.children.get(seg) {
+                Some(child) => node = child,
+                None => break,
+            }
+            consider(&node.prefix, &mut best);
+        }
+        best.map(|i| (i as usize, &self.entries[i as usize].1))
+    }
+
+    /// Pairs `(shadowed, by)`: route `shadowed` can never match because the earlier route `by`
+    /// takes every request it would take.
+    pub fn shadowed(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (j, (later, _)) in self.entries.iter().enumerate() {
+            if let Some(i) = self.entries[..j]
+                .iter()
+                .position(|(earlier, _)| covers(earlier, later))
+            {
+                out.push((j, i));
+            }
+        }
+        out
+    }
+}
+
+fn segment_starts_with(path: &str, prefix: &str) -> bool {
+    let mut want = prefix_segments(prefix);
+    let mut have = prefix_segments(path);
+    loop {
+        match (want.next(), have.next()) {
+            (None, _) => return true,
+            (Some(w), Some(h)) if w == h => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every request `later` takes is also taken by `earlier`.
+fn covers(earlier: &Matcher, later: &Matcher) -> bool {
+    let path = match (&earlier.path, &later.path) {
+        (PathMatch::Any, _) => true,
+        (PathMatch::Prefix(p), PathMatch::Prefix(q) | PathMatch::Exact(q)) => {
+            segment_starts_with(q, p)
+        }
+        (PathMatch::Exact(a), PathMatch::Exact(b)) => exact_key(a) == exact_key(b),
+        _ => false,
+    };
+    let methods = match (&earlier.methods, &later.methods) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(_), Some(want)) => want.iter().all(|m| earlier.method_ok(m)),
+    };
+    let host = match (&earlier.host, &later.host) {
+        (None, _) => true,
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (Some(_), None) => false,
+    };
+    path && methods && host
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(path: PathMatch) -> Matcher {
+        Matcher {
+            path,
+            methods: None,
+            host: None,
+        }
+    }
+    fn prefix(p: &str) -> Matcher {
+        m(PathMatch::Prefix(p.into()))
+    }
+    fn exact(p: &str) -> Matcher {
+        m(PathMatch::Exact(p.into()))
+    }
+
+    fn find<'a>(
+        t: &'a RouteTable<&'static str>,
+        method: &str,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<&'a str> {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        t.find(&method, host, path).map(|(_, name)| *name)
+    }
+
+    #[test]
+    fn prefixes_are_segment_aware() {
+        let t = RouteTable::new(vec![(prefix("/admin"), "admin")]);
+        assert_eq!(find(&t, "GET", None, "/admin"), Some("admin"));
+        assert_eq!(find(&t, "GET", None, "/admin/"), Some("admin"));
+        assert_eq!(find(&t, "GET", None, "/admin/x/y"), Some("admin"));
+        assert_eq!(
+            find(&t, "GET", None, "/admin;jsessionid=1/x"),
+            Some("admin")
+        );
+        assert_eq!(find(&t, "GET", None, "/administrator"), None);
+        assert_eq!(find(&t, "GET", None, "/"), None);
+        assert_eq!(find(&t, "GET", None, "/ADMIN"), None);
+    }
+
+    #[test]
+    fn first_match_in_file_order_wins() {
+        let t = RouteTable::new(vec![
+            (prefix("/a/b"), "deep"),
+            (prefix("/a"), "shallow"),
+            (m(PathMatch::Any), "any"),
+            (exact("/a/b/c"), "exact-late"),
+        ]);
+        assert_eq!(find(&t, "GET", None, "/a/b/c"), Some("deep"));
+        assert_eq!(find(&t, "GET", None, "/a/x"), Some("shallow"));
+        assert_eq!(find(&t, "GET", None, "/zzz"), Some("any"));
+
+        let t = RouteTable::new(vec![(exact("/a/b"), "exact"), (prefix("/a"), "prefix")]);
+        assert_eq!(find(&t, "GET", None, "/a/b"), Some("exact"));
+        assert_eq!(find(&t, "GET", None, "/a/b/"), Some("prefix"));
+        assert_eq!(find(&t, "GET", None, "/a/b;x"), Some("exact"));
+    }
+
+    #[test]
+    fn methods_and_hosts_filter_and_fall_through() {
+        let mut admin = prefix("/admin");
+        admin.methods = Some(vec![Method::GET]);
+        admin.host = Some("admin.example.com".into());
+        let t = RouteTable::new(vec![(admin, "admin"), (prefix("/"), "fallback")]);
+        assert_eq!(
+            find(&t, "GET", Some("Admin.Example.COM:8080"), "/admin"),
+            Some("admin")
+        );
+        assert_eq!(
+            find(&t, "HEAD", Some("admin.example.com."), "/admin"),
+            Some("admin")
+        );
+        assert_eq!(
+            find(&t, "POST", Some("admin.example.com"), "/admin"),
+            Some("fallback")
+        );
+        assert_eq!(
+            find(&t, "GET", Some("other.example.com"), "/admin"),
+            Some("fallback")
+        );
+        assert_eq!(find(&t, "GET", None, "/admin"), Some("fallback"));
+    }
+
+    #[test]
+    fn host_names_drop_port_and_trailing_dot() {
+        assert_eq!(host_name("a.example:80"), "a.example");
+        assert_eq!(host_name("a.example."), "a.example");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn the_last_of_many_routes_is_found() {
+        let mut entries: Vec<(Matcher, &'static str)> = (0..10_000)
+            .map(|i| (prefix(&format!("/svc{i}")), "other"))
+            .collect();
+        entries.push((prefix("/target"), "target"));
+        let t = RouteTable::new(entries);
+        assert_eq!(find(&t, "GET", None, "/target/x"), Some("target"));
+        assert_eq!(find(&t, "GET", None, "/svc9999"), Some("other"));
+    }
+
+    #[test]
+    fn shadowed_routes_are_reported() {
+        let mut get_only = prefix("/api");
+        get_only.methods = Some(vec![Method::GET]);
+        let mut head_only = prefix("/api/x");
+        head_only.methods = Some(vec![Method::HEAD]);
+        let mut hosted = prefix("/api/y");
+        hosted.host = Some("h".into());
+        let t = RouteTable::new(vec![
+            (prefix("/admin"), "admin"),
+            (prefix("/admin/users"), "users"),
+            (exact("/admin"), "exact"),
+            (prefix("/administrator"), "other"),
+            (get_only, "get"),
+            (head_only, "head"),
+            (prefix("/api/z"), "all-methods"),
+            (hosted, "hosted"),
+            (m(PathMatch::Any), "any"),
+            (prefix("/late"), "late"),
+        ]);
+        assert_eq!(t.shadowed(), vec![(1, 0), (2, 0), (5, 4), (9, 8)]);
+    }
+}

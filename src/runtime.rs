@@ -1,0 +1,667 @@
+//! The compiled, immutable config that the request path reads. Built whole from a
+//! [`RawConfig`] (validation happens here, so a bad rule fails at load time with
+//! `file:line:column`), and swapped whole on reload.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use http::{Method, Uri};
+
+use crate::auth::keys::load_key;
+use crate::auth::verify::VerifyOptions;
+use crate::auth::{AllowRule, ClaimPath, KeySet, Verifier};
+use crate::config::{
+    AuthMode, ConfigError, Diagnostic, KeyPath, RawConfig, RawMatch, RawRoute, RawUpstream, Source,
+};
+use crate::path::normalize;
+use crate::proxy::forward::UpstreamClient;
+use crate::proxy::headers::{StripSet, is_reserved_header};
+use crate::routes::{Matcher, PathMatch, RouteTable, host_name};
+
+/// One compiled route.
+#[derive(Debug)]
+pub struct Route {
+    pub name: String,
+    pub auth: AuthMode,
+    pub allow: Vec<AllowRule>,
+    /// Upstream header ← index into [`Verifier::header_claims`].
+    pub headers: Vec<(HeaderName, usize)>,
+    /// Segment-aware prefix removed before forwarding.
+    pub strip_prefix: Option<String>,
+    pub forward_token: bool,
+    /// Index into [`Runtime::upstreams`].
+    pub upstream: usize,
+}
+
+/// Where an upstream's requests go.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The built-in demo upstream: answers with the request it received, as JSON.
+    Echo,
+    /// An HTTP server; `base_path` (no trailing `/`) is put in front of every forwarded path.
+    Http {
+        scheme: Scheme,
+        authority: Authority,
+        base_path: String,
+        /// Keep-alive pool to this upstream, with its timeouts.
+        client: Box<UpstreamClient>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub target: Target,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// Token settings used when issuing.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub ttl: Duration,
+}
+
+/// Everything the request path needs, compiled once per (re)load.
+pub struct Runtime {
+    pub listen: SocketAddr,
+    pub routes: RouteTable<Route>,
+    pub upstreams: Vec<Upstream>,
+    pub verifier: Verifier,
+    pub strip: StripSet,
+    pub tokens: TokenSettings,
+    /// Non-fatal findings (routes that can never match).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("listen", &self.listen)
+            .field("routes", &self.routes.len())
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+type Errors = Vec<(KeyPath, String)>;
+
+impl Runtime {
+    /// Reads, parses, validates and compiles the config file at `path`.
+    pub fn load(path: &Path) -> Result<Runtime, ConfigError> {
+        let source = Source::read(path)?;
+        Runtime::from_source(&source)
+    }
+
+    pub fn from_source(source: &Source) -> Result<Runtime, ConfigError> {
+        let raw = source.parse()?;
+        compile(raw, source).map_err(|errors| {
+            ConfigError::Invalid(
+                errors
+                    .into_iter()
+                    .map(|(path, msg)| source.diagnostic(&path, msg))
+                    .collect(),
+            )
+        })
+    }
+
+    pub fn upstream(&self, route: &Route) -> &Upstream {
+        &self.upstreams[route.upstream]
+    }
+
+    /// Key ids whose secret was generated for this process only.
+    pub fn ephemeral_keys(&self) -> Vec<&str> {
+        self.verifier
+            .keys()
+            .iter()
+            .filter(|k| k.ephemeral)
+            .map(|k| k.id.as_str())
+            .collect()
+    }
+}
+
+fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
+    let root = KeyPath::root();
+    let mut errors: Errors = Vec::new();
+
+    let listen = raw
+        .listen
+        .as_str()
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            errors.push((
+                root.key("listen"),
+                format!(
+                    "`{}` is not an IP:port address (e.g. 0.0.0.0:8080)",
+                    raw.listen.as_str()
+                ),
+            ))
+        })
+        .ok();
+
+    let keys = compile_keys(&raw, src, &mut errors);
+
+    let mut upstream_index = HashMap::new();
+    let mut upstreams = Vec::new();
+    for (name, up) in &raw.upstreams {
+        match compile_upstream(name, up) {
+            Ok(u) => {
+                upstream_index.insert(name.clone(), upstreams.len());
+                upstreams.push(u);
+            }
+            Err(msg) => errors.push((root.key("upstreams").key(name), msg)),
+        }
+    }
+
+    if raw.routes.is_empty() {
+        errors.push((
+            root.key("routes"),
+            "no routes: every request would be refused (404); add at least one route".into(),
+        ));
+    }
+    let mut header_claims: Vec<ClaimPath> = Vec::new();
+    let mut strip_names: Vec<HeaderName> = Vec::new();
+    let mut entries = Vec::new();
+    let mut names = HashMap::new();
+    for (i, route) in raw.routes.iter().enumerate() {
+        let at = root.key("routes").index(i);
+        if let Some(first) = names.insert(route.name.clone(), i) {
+            errors.push((
+                at.key("name"),
+                format!(
+                    "route name `{}` is already used by routes[{first}]",
+                    route.name
+                ),
+            ));
+        }
+        match compile_route(
+            route,
+            &at,
+            &upstream_index,
+            &raw.upstreams,
+            &mut header_claims,
+        ) {
+            Ok((matcher, compiled)) => {
+                strip_names.extend(compiled.headers.iter().map(|(n, _)| n.clone()));
+                entries.push((matcher, compiled));
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (Some(listen), Some(keys)) = (listen, keys) else {
+        return Err(errors);
+    };
+
+    let routes = RouteTable::new(entries);
+    let warnings = routes
+        .shadowed()
+        .into_iter()
+        .map(|(j, i)| {
+            let names: Vec<&str> = routes.iter().map(|(_, r)| r.name.as_str()).collect();
+            src.diagnostic(
+                &root.key("routes").index(j),
+                format!(
+                    "warning: route `{}` can never match: route `{}` (routes[{i}]) comes first and takes every request it would take",
+                    names[j], names[i]
+                ),
+            )
+        })
+        .collect();
+
+    let options = VerifyOptions {
+        issuer: raw.tokens.issuer.as_ref().map(|t| t.0.clone()),
+        audience: raw.tokens.audience.as_ref().map(|t| t.0.clone()),
+        leeway_secs: raw.tokens.leeway.0.as_secs(),
+        cache_entries: raw.cache.max_entries,
+    };
+    Ok(Runtime {
+        listen,
+        routes,
+        upstreams,
+        verifier: Verifier::new(keys, &options, header_claims),
+        strip: StripSet::new(strip_names),
+        tokens: TokenSettings {
+            issuer: options.issuer.clone(),
+            audience: options.audience.clone(),
+            ttl: raw.tokens.ttl.0,
+        },
+        warnings,
+    })
+}
+
+fn compile_keys(raw: &RawConfig, src: &Source, errors: &mut Errors) -> Option<KeySet> {
+    let at = KeyPath::root().key("tokens").key("keys");
+    if raw.tokens.keys.is_empty() {
+        errors.push((at, "at least one key is needed to verify tokens".into()));
+        return None;
+    }
+    let mut keys = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, rk) in raw.tokens.keys.iter().enumerate() {
+        let key_at = at.index(i);
+        if !seen.insert(rk.id.as_str().to_owned()) {
+            errors.push((
+                key_at.key("id"),
+                format!("key id `{}` is used twice", rk.id.as_str()),
+            ));
+        }
+        match load_key(rk, src, &key_at) {
+            Ok(k) => keys.push(k),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    (keys.len() == raw.tokens.keys.len()).then(|| KeySet::new(keys))
+}
+
+fn compile_upstream(name: &str, raw: &RawUpstream) -> Result<Upstream, String> {
+    let url = raw.url.as_str();
+    let target = if url == "builtin:echo" {
+        Target::Echo
+    } else {
+        let uri: Uri = url
+            .parse()
+            .map_err(|_| format!("`{url}` is not a URL (e.g. http://127.0.0.1:9000)"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(
+                    "https upstreams are not supported yet: use http:// on a trusted network"
+                        .into(),
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "`{url}` must start with http:// (or be `builtin:echo`)"
+                ));
+            }
+        }
+        if uri.query().is_some() {
+            return Err("an upstream URL cannot have a query string".into());
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{url}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err("credentials in upstream URLs are not supported".into());
+        }
+        Target::Http {
+            scheme: Scheme::HTTP,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            client: Box::new(UpstreamClient::new(raw.connect_timeout.0, raw.timeout.0)),
+        }
+    };
+    Ok(Upstream {
+        name: name.to_owned(),
+        target,
+        connect_timeout: raw.connect_timeout.0,
+        timeout: raw.timeout.0,
+    })
+}
+
+/// A config path written in normal form, or the error saying what to write instead.
+fn normal_path(value: &str) -> Result<String, String> {
+    match normalize(value) {
+        Ok(n) if n == value => Ok(n.into_owned()),
+        Ok(n) => Err(format!("`{value}` is not a normalized path: write `{n}`")),
+        Err(e) => Err(format!("`{value}`: {e}")),
+    }
+}
+
+fn compile_match(m: &RawMatch, at: &KeyPath, errors: &mut Errors) -> Option<Matcher> {
+    let at = at.key("match");
+    let path = match (&m.path, &m.path_prefix) {
+        (Some(_), Some(_)) => {
+            errors.push((
+                at.key("path_prefix"),
+                "give `path` or `path_prefix`, not both".into(),
+            ));
+            return None;
+        }
+        (Some(p), None) => match normal_path(p.as_str()) {
+            Ok(p) => PathMatch::Exact(p),
+            Err(e) => {
+                errors.push((at.key("path"), e));
+                return None;
+            }
+        },
+        (None, Some(p)) => match normal_path(p.as_str()) {
+            Ok(p) if p == "/" => PathMatch::Any,
+            Ok(p) => PathMatch::Prefix(p.trim_end_matches('/').to_owned()),
+            Err(e) => {
+                errors.push((at.key("path_prefix"), e));
+                return None;
+            }
+        },
+        (None, None) => PathMatch::Any,
+    };
+    let methods = match &m.methods {
+        None => None,
+        Some(list) if list.is_empty() => {
+            errors.push((
+                at.key("methods"),
+                "an empty list matches nothing; remove `methods` to take every method".into(),
+            ));
+            return None;
+        }
+        Some(list) => {
+            let mut methods = Vec::new();
+            for (j, text) in list.iter().enumerate() {
+                let name = text.as_str();
+                // Methods are case-sensitive (RFC 9110 §9.1): `get` is not GET.
+                if name.is_empty() || name.bytes().any(|b| !b.is_ascii_uppercase()) {
+                    errors.push((
+                        at.key("methods").index(j),
+                        format!("`{name}` is not an upper-case method name (e.g. GET)"),
+                    ));
+                    return None;
+                }
+                match Method::from_bytes(name.as_bytes()) {
+                    Ok(method) => methods.push(method),
+                    Err(_) => {
+                        errors.push((
+                            at.key("methods").index(j),
+                            format!("`{name}` is not a method"),
+                        ));
+                        return None;
+                    }
+                }
+            }
+            Some(methods)
+        }
+    };
+    let host = match &m.host {
+        None => None,
+        Some(h) => {
+            let name = host_name(h.as_str()).to_ascii_lowercase();
+            if name.is_empty() || name.contains(['/', ' ', '@']) {
+                errors.push((
+                    at.key("host"),
+                    format!("`{}` is not a host name", h.as_str()),
+                ));
+                return None;
+            }
+            Some(name)
+        }
+    };
+    Some(Matcher {
+        path,
+        methods,
+        host,
+    })
+}
+
+fn compile_route(
+    route: &RawRoute,
+    at: &KeyPath,
+    upstream_index: &HashMap<String, usize>,
+    raw_upstreams: &std::collections::BTreeMap<String, RawUpstream>,
+    header_claims: &mut Vec<ClaimPath>,
+) -> Result<(Matcher, Route), Errors> {
+    let mut errors = Errors::new();
+    if route.name.trim().is_empty() {
+        errors.push((at.key("name"), "route name must not be empty".into()));
+    }
+    let upstream = upstream_index.get(&route.upstream).copied();
+    if upstream.is_none() && !raw_upstreams.contains_key(&route.upstream) {
+        let known: Vec<&str> = raw_upstreams.keys().map(String::as_str).collect();
+        errors.push((
+            at.key("upstream"),
+            format!(
+                "unknown upstream `{}` (defined: {})",
+                route.upstream,
+                known.join(", ")
+            ),
+        ));
+    }
+    let matcher = compile_match(&route.matcher, at, &mut errors);
+
+    if route.auth == AuthMode::None {
+        if !route.allow.is_empty() {
+            errors.push((
+                at.key("allow"),
+                "`allow` needs claims, but this route has `auth: none`".into(),
+            ));
+        }
+        if !route.headers.is_empty() {
+            errors.push((
+                at.key("headers"),
+                "claim headers need a token, but this route has `auth: none`".into(),
+            ));
+        }
+    }
+
+    let mut allow = Vec::new();
+    for (claim, wanted) in &route.allow {
+        if claim.is_empty() || claim.split('.').any(str::is_empty) {
+            errors.push((
+                at.key("allow").key(claim),
+                format!("`{claim}` is not a claim name or dot path"),
+            ));
+            continue;
+        }
+        allow.push(AllowRule {
+            claim: ClaimPath::new(claim),
+            wanted: wanted.0.clone(),
+        });
+    }
+
+    let mut headers = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (name, claim) in &route.headers {
+        let here = at.key("headers").key(name);
+        let header = match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => h,
+            Err(_) => {
+                errors.push((here, format!("`{name}` is not a valid header name")));
+                continue;
+            }
+        };
+        if is_reserved_header(&header) {
+            errors.push((
+                here,
+                format!("`{name}` is managed by the gateway and cannot carry a claim"),
+            ));
+            continue;
+        }
+        if !seen.insert(crate::proxy::headers::canonical_name(header.as_str())) {
+            errors.push((
+                here,
+                format!("`{name}` is listed twice (header names ignore case, `_` and `.`)"),
+            ));
+            continue;
+        }
+        let claim = claim.as_str();
+        if claim.is_empty() || claim.split('.').any(str::is_empty) {
+            errors.push((here, format!("`{claim}` is not a claim name or dot path")));
+            continue;
+        }
+        let path = ClaimPath::new(claim);
+        let index = header_claims
+            .iter()
+            .position(|p| *p == path)
+            .unwrap_or_else(|| {
+                header_claims.push(path);
+                header_claims.len() - 1
+            });
+        headers.push((header, index));
+    }
+
+    let strip_prefix = match (&route.strip_prefix, &matcher) {
+        (None, _) => None,
+        (Some(p), Some(m)) => match normal_path(p.as_str()) {
+            Ok(prefix) => {
+                let prefix = prefix.trim_end_matches('/').to_owned();
+                let inside = match &m.path {
+                    PathMatch::Any => prefix.is_empty(),
+                    PathMatch::Exact(q) | PathMatch::Prefix(q) => segment_prefix_of(&prefix, q),
+                };
+                if !inside {
+                    errors.push((
+                        at.key("strip_prefix"),
+                        format!(
+                            "`{}` is not a prefix of every path this route takes",
+                            p.as_str()
+                        ),
+                    ));
+                }
+                Some(prefix)
+            }
+            Err(e) => {
+                errors.push((at.key("strip_prefix"), e));
+                None
+            }
+        },
+        (Some(_), None) => None,
+    };
+
+    match (matcher, upstream, errors.is_empty()) {
+        (Some(matcher), Some(upstream), true) => Ok((
+            matcher,
+            Route {
+                name: route.name.clone(),
+                auth: route.auth,
+                allow,
+                headers,
+                strip_prefix: strip_prefix.filter(|p| !p.is_empty()),
+                forward_token: route.forward_token,
+                upstream,
+            },
+        )),
+        _ => Err(errors),
+    }
+}
+
+/// Whether `prefix` is a whole-segment prefix of `path` (`/a` of `/a/b`, not of `/ab`).
+pub fn segment_prefix_of(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn compile_text(text: &str) -> Result<Runtime, ConfigError> {
+        let text = text.replace("SECRET", SECRET);
+        Runtime::from_source(&Source::from_text(Path::new("gw.yaml"), text))
+    }
+
+    const BASE: &str = "tokens:\n  keys:\n    - { id: k1, algorithm: HS256, secret: SECRET }\nupstreams:\n  app: \"http://127.0.0.1:9000/base/\"\n  demo: builtin:echo\nroutes:\n";
+
+    #[test]
+    fn compiles_routes_upstreams_and_strip_set() {
+        let rt = compile_text(&format!(
+            "{BASE}  - name: admin\n    match: {{ path_prefix: /admin }}\n    upstream: app\n    headers: {{ X-User-Id: sub, X-Roles: roles }}\n  - name: public\n    upstream: demo\n    auth: none\n"
+        ))
+        .unwrap();
+        assert_eq!(rt.routes.len(), 2);
+        assert!(rt.strip.contains_str("x-user-id"));
+        assert!(rt.strip.contains_str("x_user.id"));
+        assert!(!rt.strip.contains_str("x-other"));
+        assert_eq!(rt.verifier.header_claims().len(), 2);
+        match &rt.upstreams[rt.routes.iter().next().unwrap().1.upstream].target {
+            Target::Http { base_path, .. } => assert_eq!(base_path, "/base"),
+            Target::Echo => panic!("wrong upstream"),
+        }
+    }
+
+    #[test]
+    fn reports_every_error_with_its_location() {
+        let err = compile_text(&format!(
+            "{BASE}  - name: a\n    upstream: nope\n  - name: b\n    match: {{ path_prefix: /x/../y }}\n    upstream: app\n    headers: {{ \"Bad Header\": sub }}\n"
+        ))
+        .unwrap_err();
+        let diags = err.diagnostics();
+        assert_eq!(diags.len(), 3, "{diags:#?}");
+        assert!(
+            diags[0].starts_with("gw.yaml:9:15: routes[0].upstream: unknown upstream `nope`"),
+            "{}",
+            diags[0]
+        );
+        assert!(
+            diags[1].contains(
+                "routes[1].match.path_prefix: `/x/../y` is not a normalized path: write `/y`"
+            ),
+            "{}",
+            diags[1]
+        );
+        assert!(diags[1].starts_with("gw.yaml:11:"), "{}", diags[1]);
+        assert!(
+            diags[2].contains("`Bad Header` is not a valid header name"),
+            "{}",
+            diags[2]
+        );
+    }
+
+    #[test]
+    fn refuses_short_secrets_and_bad_listen() {
+        let text =
+            BASE.replace("secret: SECRET", "secret: short") + "  - name: a\n    upstream: app\n";
+        let err = compile_text(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("tokens.keys[0].secret: HS256 secret is 5 bytes; at least 32"),
+            "{err}"
+        );
+        let text = format!("listen: nowhere\n{BASE}  - name: a\n    upstream: app\n");
+        let err = compile_text(&text).unwrap_err().to_string();
+        assert!(err.starts_with("gw.yaml:1:9: listen:"), "{err}");
+    }
+
+    #[test]
+    fn refuses_claims_on_public_routes_and_reserved_headers() {
+        let err = compile_text(&format!(
+            "{BASE}  - name: a\n    upstream: app\n    auth: none\n    allow: {{ roles: admin }}\n  - name: b\n    upstream: app\n    headers: {{ Host: sub, X-A: sub, x_a: iss }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`allow` needs claims"), "{err}");
+        assert!(err.contains("`Host` is managed by the gateway"), "{err}");
+        assert!(
+            err.contains("`x_a` is listed twice") || err.contains("`X-A` is listed twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn warns_about_shadowed_routes() {
+        let rt = compile_text(&format!(
+            "{BASE}  - name: all\n    match: {{ path_prefix: /api }}\n    upstream: app\n  - name: users\n    match: {{ path_prefix: /api/users }}\n    upstream: app\n"
+        ))
+        .unwrap();
+        assert_eq!(rt.warnings.len(), 1);
+        let w = rt.warnings[0].to_string();
+        assert!(
+            w.starts_with("gw.yaml:11:5: routes[1]: warning: route `users` can never match"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn strip_prefix_must_cover_the_match() {
+        let err = compile_text(&format!(
+            "{BASE}  - name: a\n    match: {{ path_prefix: /api }}\n    strip_prefix: /apix\n    upstream: app\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not a prefix of every path"), "{err}");
+        assert!(segment_prefix_of("/api", "/api/v1"));
+        assert!(segment_prefix_of("/api", "/api"));
+        assert!(!segment_prefix_of("/api", "/apix"));
+    }
+}
