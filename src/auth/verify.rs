@@ -292,7 +292,20 @@ impl Verifier {
     ) -> Result<Map<String, Value>, TokenError> {
         jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &self.validations[index])
             .map(|data| data.claims)
-            .map_err(|e| map_error(e.kind()))
+            .map_err(|e| match map_error(e.kind()) {
+                // jsonwebtoken reports a claim it cannot parse (`"exp": "soon"`) as missing.
+                // It checks claims only after the signature, so the payload is authentic here
+                // and can be read to give the precise reason.
+                TokenError::MissingClaim(claim) => {
+                    match jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(
+                        token,
+                    ) {
+                        Ok(claims) if claims.contains_key(&claim) => TokenError::BadClaim(claim),
+                        _ => TokenError::MissingClaim(claim),
+                    }
+                }
+                other => other,
+            })
     }
 
     fn finish(&self, claims: Map<String, Value>) -> Result<VerifiedToken, TokenError> {

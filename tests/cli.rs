@@ -1,0 +1,278 @@
+//! The `authgate` binary: `check`, `token`, and `run` on the shipped gateway.yaml.
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn authgate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    cmd.env_remove("AUTHGATE_CONFIG")
+        .env_remove("JWT_SECRET")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        text.replace("{SECRET}", SECRET)
+            .replace("{UPSTREAM}", "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_prints_the_route_table_for_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, STANDARD);
+    let out = authgate()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "public",
+        "/public/*",
+        "none",
+        "admin",
+        "required",
+        "x-user-id",
+        "OK (3 routes",
+    ] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn check_reports_every_error_as_file_line_column_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = STANDARD
+        .replace(
+            "    upstream: app\n    auth: none\n",
+            "    upstream: nowhere\n    auth: none\n",
+        )
+        .replace(
+            "match: { path_prefix: /app }",
+            "match: { path_prefix: /app/../x }",
+        );
+    let path = write_config(&dir, &broken);
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let file = path.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:14:15: routes[0].upstream: unknown upstream `nowhere`"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}:22:27: "))
+            && lines[1].contains("routes[2].match.path_prefix"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_yaml_and_unknown_key_errors_with_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        &dir,
+        &STANDARD.replace("  leeway: 0s\n", "  leeway: 0s\n  lifetime: 1h\n"),
+    );
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.starts_with(&format!("{}:7:3: ", path.display()))
+            && stderr.contains("unknown field `lifetime`"),
+        "{stderr}"
+    );
+
+    let path = write_config(&dir, "routes: [\n");
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.starts_with(&format!("{}:", path.display())),
+        "{stderr}"
+    );
+
+    let out = authgate()
+        .args(["check", "--config", "/nonexistent/authgate.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
+}
+
+#[test]
+fn check_warns_about_shadowed_routes_but_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{STANDARD}  - name: later\n    match: {{ path_prefix: /admin/users }}\n    upstream: app\n"
+    );
+    let path = write_config(&dir, &text);
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("route `later` can never match: route `admin`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.starts_with(&format!("{}:25:5: ", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_path_comes_from_the_environment_when_not_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, STANDARD);
+    let out = authgate()
+        .arg("check")
+        .env("AUTHGATE_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn shipped_gateway_yaml_is_valid_without_any_environment() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    let out = authgate()
+        .args(["check", "--config", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn token_command_signs_tokens_the_gateway_accepts() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(STANDARD, &up.url()).await;
+    let out = authgate()
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--claim",
+            "roles=admin,dev",
+            "--claim",
+            "org={\"tenant\":\"acme\"}",
+            "--ttl",
+            "5m",
+            "--config",
+        ])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tok = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let r = gw.get_with_token("/admin/x", &tok).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.only();
+    assert_eq!(seen.headers["x-user-id"], "alice");
+    assert_eq!(seen.headers["x-user-roles"], "admin,dev");
+
+    let out = authgate()
+        .args(["token", "--sub", "a", "--claim", "exp=1", "--config"])
+        .arg(gw.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "reserved claims cannot be set");
+}
+
+/// Runs the real binary on the shipped gateway.yaml with no JWT_SECRET, the way a newcomer
+/// does, then stops it with SIGTERM.
+#[test]
+fn binary_serves_the_shipped_config_out_of_the_box_and_stops_on_sigterm() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    let mut child = authgate()
+        .args(["--log-format", "json", "--config", shipped])
+        .env("AUTHGATE_LISTEN", "127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut saw_ephemeral_warning = false;
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("gateway exited before listening")
+            .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("NO SECRET CONFIGURED")
+        {
+            saw_ephemeral_warning = true;
+        }
+        if v["message"] == "authgate listening" {
+            break v["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    assert!(
+        saw_ephemeral_warning,
+        "no loud warning about the ephemeral secret"
+    );
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = send(addr, "GET", "/public/hello", &[], bytes::Bytes::new()).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["path"], "/public/hello");
+        let r = send(addr, "GET", "/", &[], bytes::Bytes::new()).await;
+        assert_eq!(r.status, 401);
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
+}
