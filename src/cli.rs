@@ -161,7 +161,7 @@ pub fn route_table(rt: &Runtime) -> String {
             .join(",");
         rows.push([
             i.to_string(),
-            route.name.clone(),
+            route.name.to_string(),
             path,
             methods,
             m.host.clone().unwrap_or_else(|| "*".into()),

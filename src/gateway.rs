@@ -29,9 +29,11 @@ pub struct Gateway {
 /// What the log line needs to know about a request once it is answered.
 #[derive(Default)]
 struct Outcome {
-    route: Option<String>,
-    upstream: Option<String>,
-    sub: Option<String>,
+    /// The normalized path, once known.
+    path: Option<String>,
+    route: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    token: Option<Arc<VerifiedToken>>,
 }
 
 impl Gateway {
@@ -56,7 +58,6 @@ impl Gateway {
         // One snapshot per request, held until the response is produced.
         let rt = self.runtime.load_full();
         let method = req.method().clone();
-        let raw_path = req.uri().path().to_owned();
         let mut outcome = Outcome::default();
         let resp = match process(&rt, req, peer, &mut outcome).await {
             Ok(resp) => resp,
@@ -70,11 +71,11 @@ impl Gateway {
         tracing::info!(
             target: "authgate::access",
             method = %method,
-            path = %raw_path,
+            path = outcome.path.as_deref().unwrap_or("-"),
             route = outcome.route.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            sub = outcome.sub.as_deref().unwrap_or("-"),
+            sub = outcome.token.as_ref().and_then(|t| t.sub.as_deref()).unwrap_or("-"),
             upstream = outcome.upstream.as_deref().unwrap_or("-"),
             "request"
         );
@@ -135,27 +136,32 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     Ok(Some(token))
 }
 
-/// Runs the route's auth mode and `allow` rules; the verified token when there is one.
-fn authorize(
+/// Runs the route's auth mode: the verified token when there is one.
+fn authenticate(
     rt: &Runtime,
     route: &Route,
     token: Option<&str>,
 ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
-    let verified = match (route.auth, token) {
-        (AuthMode::None, _) => return Ok(None),
-        (_, Some(token)) => Some(rt.verifier.verify(token)?),
-        (AuthMode::Required, None) => return Err(TokenError::Missing.into()),
-        (AuthMode::Optional, None) => None,
-    };
-    if !route.allow.is_empty() {
-        let Some(v) = &verified else {
-            return Err(TokenError::Missing.into());
-        };
-        if let Some(rule) = crate::auth::claims::first_failing(&route.allow, &v.claims) {
-            return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
-        }
+    match (route.auth, token) {
+        (AuthMode::None, _) => Ok(None),
+        (_, Some(token)) => Ok(Some(rt.verifier.verify(token)?)),
+        (AuthMode::Required, None) => Err(TokenError::Missing.into()),
+        (AuthMode::Optional, None) => Ok(None),
     }
-    Ok(verified)
+}
+
+/// Runs the route's `allow` rules on every request (cached tokens included).
+fn check_allow(route: &Route, verified: Option<&VerifiedToken>) -> Result<(), GatewayError> {
+    if route.allow.is_empty() {
+        return Ok(());
+    }
+    let Some(v) = verified else {
+        return Err(TokenError::Missing.into());
+    };
+    match crate::auth::claims::first_failing(&route.allow, &v.claims) {
+        Some(rule) => Err(GatewayError::Forbidden(rule.claim.as_str().to_owned())),
+        None => Ok(()),
+    }
 }
 
 /// The path sent upstream: the normalized path, less `strip_prefix`, under the base path.
@@ -201,11 +207,13 @@ async fn process(
         .routes
         .find(&parts.method, host_str, &path)
         .ok_or(GatewayError::NoRoute)?;
+    outcome.path = Some(path.clone().into_owned());
     outcome.route = Some(route.name.clone());
 
     let token = bearer_token(&parts.headers)?;
-    let verified = authorize(rt, route, token)?;
-    outcome.sub = verified.as_ref().and_then(|v| v.sub.clone());
+    let verified = authenticate(rt, route, token)?;
+    outcome.token = verified.clone();
+    check_allow(route, verified.as_deref())?;
 
     // Render every injected value before touching the request: a claim that cannot be a
     // header fails the request rather than being dropped or passed through raw.

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::HeaderName;
@@ -25,7 +26,7 @@ use crate::routes::{Matcher, PathMatch, RouteTable, host_name};
 /// One compiled route.
 #[derive(Debug)]
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     pub auth: AuthMode,
     pub allow: Vec<AllowRule>,
     /// Upstream header ← index into [`Verifier::header_claims`].
@@ -54,7 +55,7 @@ pub enum Target {
 
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     pub target: Target,
     pub connect_timeout: Duration,
     pub timeout: Duration,
@@ -207,7 +208,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         .shadowed()
         .into_iter()
         .map(|(j, i)| {
-            let names: Vec<&str> = routes.iter().map(|(_, r)| r.name.as_str()).collect();
+            let names: Vec<&str> = routes.iter().map(|(_, r)| &*r.name).collect();
             src.diagnostic(
                 &root.key("routes").index(j),
                 format!(
@@ -303,7 +304,7 @@ fn compile_upstream(name: &str, raw: &RawUpstream) -> Result<Upstream, String> {
         }
     };
     Ok(Upstream {
-        name: name.to_owned(),
+        name: name.into(),
         target,
         connect_timeout: raw.connect_timeout.0,
         timeout: raw.timeout.0,
@@ -530,7 +531,7 @@ fn compile_route(
         (Some(matcher), Some(upstream), true) => Ok((
             matcher,
             Route {
-                name: route.name.clone(),
+                name: route.name.as_str().into(),
                 auth: route.auth,
                 allow,
                 headers,

@@ -92,3 +92,46 @@ routes:
     assert_eq!(body["headers"]["x-user-id"], "alice");
     assert!(body["headers"].get("authorization").is_none());
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(TIMEOUTS, &up.url()).await;
+    for i in 0..5 {
+        assert_eq!(gw.get(&format!("/r{i}"), &[]).await.status, 200);
+    }
+    assert_eq!(up.seen().len(), 5);
+    assert_eq!(
+        up.connections(),
+        1,
+        "sequential requests must reuse one pooled upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_and_the_upstream_gets_http11_with_host() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(STANDARD, &up.url()).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let t = token("alice", json!({}));
+    for (path, want) in [("/app/h2", 200), ("/admin/h2", 403)] {
+        let req = http::Request::builder()
+            .uri(format!("http://app.example:8080{path}"))
+            .header("authorization", format!("Bearer {t}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{path}");
+    }
+    let seen = up.only();
+    assert_eq!(seen.target, "/app/h2");
+    assert_eq!(seen.headers["host"], "app.example:8080");
+    assert_eq!(seen.headers["x-user-id"], "alice");
+}
