@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use crate::auth::{TokenError, VerifiedToken};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
-use crate::path::normalize;
+use crate::path::{normalize, strip_segments};
 use crate::proxy::forward::stream;
 use crate::proxy::headers::{remove_hop_by_hop, set_forwarded};
 use crate::proxy::{Body, echo};
@@ -171,13 +171,10 @@ fn upstream_path(
     path: &str,
     query: Option<&str>,
 ) -> Result<PathAndQuery, GatewayError> {
-    let mut path = match &route.strip_prefix {
-        Some(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or(path),
+    let path = match &route.strip_prefix {
+        Some(prefix) => strip_segments(path, prefix).unwrap_or(path),
         None => path,
     };
-    if path.is_empty() {
-        path = "/";
-    }
     let mut out = String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
     out.push_str(base);
     out.push_str(path);

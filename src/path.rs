@@ -52,6 +52,22 @@ fn is_dot_segment(name: &str) -> bool {
     name == "." || name == ".."
 }
 
+/// Removes the whole-segment `prefix` from the front of a normalized `path`, comparing segment
+/// names the way routing does (`;params` ignored), and returns the rest (`/` when nothing is
+/// left). `None` when `path` is not under `prefix`.
+pub fn strip_segments<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let mut rest = path;
+    for want in prefix.split('/').filter(|s| !s.is_empty()) {
+        let r = rest.strip_prefix('/')?;
+        let end = r.find('/').unwrap_or(r.len());
+        if segment_name(&r[..end]) != want {
+            return None;
+        }
+        rest = &r[end..];
+    }
+    Some(if rest.is_empty() { "/" } else { rest })
+}
+
 /// Checks every byte and reports whether the path needs rewriting. Fails on bytes that are
 /// refused wherever they appear.
 fn scan(raw: &str) -> Result<bool, PathError> {
@@ -236,6 +252,18 @@ mod tests {
             let once = n(p).unwrap();
             assert_eq!(n(&once).unwrap(), once, "{p}");
         }
+    }
+
+    #[test]
+    fn strips_whole_segments_only() {
+        assert_eq!(strip_segments("/api/users", "/api"), Some("/users"));
+        assert_eq!(strip_segments("/api", "/api"), Some("/"));
+        assert_eq!(strip_segments("/api/", "/api"), Some("/"));
+        assert_eq!(strip_segments("/api;x=1/users", "/api"), Some("/users"));
+        assert_eq!(strip_segments("/a/b/c", "/a/b"), Some("/c"));
+        assert_eq!(strip_segments("/apix/users", "/api"), None);
+        assert_eq!(strip_segments("/other", "/api"), None);
+        assert_eq!(strip_segments("/x", ""), Some("/x"));
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&Header
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    // The client's own claims about the connection are not passed on: a backend that prefers
+    // RFC 7239 `Forwarded` or `X-Real-IP` must not read a value the client chose.
+    headers.remove("forwarded");
+    headers.remove("x-real-ip");
     match host {
         Some(h) => {
             headers.insert("x-forwarded-host", h.clone());
@@ -200,6 +204,8 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil"),
+            ("forwarded", "for=1.2.3.4;proto=https"),
+            ("x-real-ip", "1.2.3.4"),
         ]);
         let host = HeaderValue::from_static("app.example");
         set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), Some(&host));
@@ -207,6 +213,8 @@ mod tests {
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example");
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("x-real-ip").is_none());
     }
 
     #[test]
