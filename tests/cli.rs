@@ -276,3 +276,89 @@ fn binary_serves_the_shipped_config_out_of_the_box_and_stops_on_sigterm() {
     let exit = child.wait().unwrap();
     assert!(exit.success(), "exit status after SIGTERM: {exit:?}");
 }
+
+#[test]
+fn check_refuses_key_material_of_the_wrong_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ec_private, ec_public) = keypair("ES256");
+    std::fs::write(dir.path().join("ec.pem"), &ec_private).unwrap();
+    std::fs::write(dir.path().join("ec.pub.pem"), &ec_public).unwrap();
+    let keys = [
+        (
+            "{ id: a, algorithm: RS256, private_key_file: ec.pem }",
+            "not a PEM RSA private key usable with RS256",
+        ),
+        (
+            "{ id: a, algorithm: RS256, public_key_file: ec.pub.pem }",
+            "not a PEM RSA public key usable with RS256",
+        ),
+        (
+            "{ id: a, algorithm: ES384, private_key_file: ec.pem }",
+            "not a PEM EC private key usable with ES384",
+        ),
+        (
+            "{ id: a, algorithm: ES256, private_key_file: missing.pem }",
+            "cannot read",
+        ),
+        (
+            "{ id: a, algorithm: ES256, secret: \"{SECRET}\" }",
+            "use `private_key_file` or `public_key_file`",
+        ),
+        (
+            "{ id: a, algorithm: HS256, private_key_file: ec.pem }",
+            "private_key_file is for asymmetric algorithms",
+        ),
+        (
+            "{ id: a, algorithm: HS256, secret_file: missing.txt }",
+            "cannot read",
+        ),
+        (
+            "{ id: a, algorithm: HS512, secret: \"{SECRET}\" }",
+            "at least 64 are required",
+        ),
+        (
+            "{ id: a, algorithm: HS256 }",
+            "needs `secret` or `secret_file`",
+        ),
+        (
+            "{ id: a, algorithm: RS999, secret: x }",
+            "unknown variant `RS999`",
+        ),
+    ];
+    for (key, why) in keys {
+        let text = format!(
+            "tokens:\n  keys:\n    - {key}\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n"
+        );
+        let path = write_config(&dir, &text);
+        let out = authgate()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("{}:3:", path.display())),
+            "{key}: {stderr}"
+        );
+        assert!(stderr.contains(why), "{key}: expected {why:?} in {stderr}");
+    }
+}
+
+#[test]
+fn secret_file_with_a_trailing_newline_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.txt"), format!("{SECRET}\n")).unwrap();
+    let text = "tokens:\n  keys:\n    - { id: a, algorithm: HS256, secret_file: secret.txt }\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n";
+    let path = write_config(&dir, text);
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
