@@ -47,6 +47,8 @@ pub enum Command {
     Run,
     /// Parse, validate and compile the config; print the route table; exit 1 on errors.
     Check,
+    /// Read one password line from stdin (no echo on a terminal) and print its argon2id hash.
+    HashPassword,
     /// Print a token signed with the config's signing key (the first key).
     Token {
         /// Subject (`sub`).
@@ -60,6 +62,36 @@ pub enum Command {
         #[arg(long)]
         ttl: Option<String>,
     },
+}
+
+/// Reads the password for `hash-password`: from the terminal without echo, or the first line
+/// of stdin when it is a pipe. Only the line ending is removed.
+pub fn read_password() -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal};
+    let line = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
+        line
+    };
+    let password = line
+        .strip_suffix('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .unwrap_or(&line);
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    if password.len() > crate::login::MAX_PASSWORD {
+        return Err(format!(
+            "password longer than {} bytes (the login route would refuse it)",
+            crate::login::MAX_PASSWORD
+        ));
+    }
+    Ok(password.to_owned())
 }
 
 /// Parses `--claim` arguments into a claims object.

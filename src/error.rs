@@ -3,7 +3,11 @@
 //! 401 and 403. Messages name the reason and never internals.
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use std::time::Duration;
+
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -29,6 +33,18 @@ pub enum GatewayError {
     UpstreamFailed,
     #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    #[error("method not allowed here (allowed: {0})")]
+    MethodNotAllowed(&'static str),
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("send application/json or application/x-www-form-urlencoded")]
+    UnsupportedMediaType,
+    #[error("too many attempts; retry later")]
+    TooManyRequests(Duration),
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("internal error")]
+    Internal,
 }
 
 impl GatewayError {
@@ -42,6 +58,12 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -54,6 +76,12 @@ impl GatewayError {
             GatewayError::Forbidden(_) => "insufficient_scope",
             GatewayError::UpstreamUnreachable | GatewayError::UpstreamFailed => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
+            GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::TooManyRequests(_) => "too_many_requests",
+            GatewayError::InvalidCredentials => "invalid_credentials",
+            GatewayError::Internal => "internal_error",
         }
     }
 
@@ -66,11 +94,23 @@ impl GatewayError {
             GatewayError::Forbidden(_) => {
                 Some("Bearer realm=\"authgate\", error=\"insufficient_scope\"")
             }
+            GatewayError::InvalidCredentials => Some("Bearer realm=\"authgate\""),
             _ => None,
         };
+        let headers = resp.headers_mut();
         if let Some(c) = challenge {
-            resp.headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
+        }
+        match self {
+            GatewayError::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            GatewayError::TooManyRequests(wait) => {
+                // Whole seconds, rounded up (RFC 9110 §10.2.3).
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
         }
         resp
     }

@@ -34,6 +34,30 @@ struct Outcome {
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     token: Option<Arc<VerifiedToken>>,
+    /// The user who logged in (login route).
+    user: Option<String>,
+}
+
+/// Where the public keys of asymmetric signing keys are published (RFC 7517 JWK Set).
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+fn jwks_response(document: &bytes::Bytes) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let mut resp = Response::new(
+        http_body_util::Full::new(document.clone())
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    resp
 }
 
 impl Gateway {
@@ -75,7 +99,12 @@ impl Gateway {
             route = outcome.route.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            sub = outcome.token.as_ref().and_then(|t| t.sub.as_deref()).unwrap_or("-"),
+            sub = outcome
+                .token
+                .as_ref()
+                .and_then(|t| t.sub.as_deref())
+                .or(outcome.user.as_deref())
+                .unwrap_or("-"),
             upstream = outcome.upstream.as_deref().unwrap_or("-"),
             "request"
         );
@@ -199,12 +228,38 @@ async fn process(
     }
     let host = request_host(&parts)?;
     let path = normalize(parts.uri.path())?;
+    outcome.path = Some(path.clone().into_owned());
+
+    // The gateway's own endpoints come before the routes.
+    if let Some(login) = &rt.login
+        && *path == *login.path
+    {
+        outcome.route = Some(Arc::from("(login)"));
+        let (resp, user) = login
+            .handle(
+                &parts.method,
+                &parts.headers,
+                body,
+                peer,
+                rt.verifier.keys(),
+                &rt.tokens,
+            )
+            .await?;
+        outcome.user = Some(user);
+        return Ok(resp);
+    }
+    if *path == *JWKS_PATH
+        && let Some(jwks) = &rt.jwks
+    {
+        outcome.route = Some(Arc::from("(jwks)"));
+        return Ok(jwks_response(jwks));
+    }
+
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let (_, route) = rt
         .routes
         .find(&parts.method, host_str, &path)
         .ok_or(GatewayError::NoRoute)?;
-    outcome.path = Some(path.clone().into_owned());
     outcome.route = Some(route.name.clone());
 
     let token = bearer_token(&parts.headers)?;

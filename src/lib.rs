@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod login;
 pub mod path;
 pub mod proxy;
 pub mod routes;

@@ -30,6 +30,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         None | Some(Command::Run) => run(&cli),
         Some(Command::Check) => return check(&cli),
+        Some(Command::HashPassword) => hash_password(),
         Some(Command::Token { sub, claims, ttl }) => token(&cli, sub, claims, ttl.as_deref()),
     };
     match result {
@@ -64,6 +65,13 @@ fn check(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let password = cli::read_password().map_err(anyhow::Error::msg)?;
+    let hash = authgate::login::hash_password(&password).map_err(anyhow::Error::msg)?;
+    println!("{hash}");
+    Ok(())
 }
 
 fn token(cli: &Cli, sub: &str, claims: &[String], ttl: Option<&str>) -> anyhow::Result<()> {

@@ -77,6 +77,10 @@ pub struct Runtime {
     pub verifier: Verifier,
     pub strip: StripSet,
     pub tokens: TokenSettings,
+    /// The login route, when configured.
+    pub login: Option<crate::login::Login>,
+    /// The JWK Set of every asymmetric key's public half (`None` when all keys are HMAC).
+    pub jwks: Option<bytes::Bytes>,
     /// Non-fatal findings (routes that can never match).
     pub warnings: Vec<Diagnostic>,
 }
@@ -102,14 +106,32 @@ impl Runtime {
 
     pub fn from_source(source: &Source) -> Result<Runtime, ConfigError> {
         let raw = source.parse()?;
-        compile(raw, source).map_err(|errors| {
-            ConfigError::Invalid(
-                errors
+        let mut elsewhere = Vec::new();
+        let login = match &raw.login {
+            None => None,
+            Some(l) => match crate::login::compile(l, source) {
+                Ok(login) => Some(login),
+                Err(mut e) => {
+                    elsewhere.append(&mut e);
+                    None
+                }
+            },
+        };
+        match compile(raw, source) {
+            Ok(mut rt) if elsewhere.is_empty() => {
+                rt.login = login;
+                Ok(rt)
+            }
+            Ok(_) => Err(ConfigError::Invalid(elsewhere)),
+            Err(errors) => {
+                let mut diags: Vec<Diagnostic> = errors
                     .into_iter()
                     .map(|(path, msg)| source.diagnostic(&path, msg))
-                    .collect(),
-            )
-        })
+                    .collect();
+                diags.append(&mut elsewhere);
+                Err(ConfigError::Invalid(diags))
+            }
+        }
     }
 
     pub fn upstream(&self, route: &Route) -> &Upstream {
@@ -225,6 +247,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         leeway_secs: raw.tokens.leeway.0.as_secs(),
         cache_entries: raw.cache.max_entries,
     };
+    let jwks = jwks_document(&keys);
     Ok(Runtime {
         listen,
         routes,
@@ -236,8 +259,31 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
             audience: options.audience.clone(),
             ttl: raw.tokens.ttl.0,
         },
+        login: None,
+        jwks,
         warnings,
     })
+}
+
+/// The published JWK Set (RFC 7517): public keys only, each with its `kid`, `alg` and `use`.
+fn jwks_document(keys: &KeySet) -> Option<bytes::Bytes> {
+    let published: Vec<serde_json::Value> = keys
+        .iter()
+        .filter_map(|k| {
+            let mut jwk = serde_json::to_value(k.public_jwk.as_ref()?).ok()?;
+            let obj = jwk.as_object_mut()?;
+            obj.insert("kid".into(), k.id.clone().into());
+            obj.insert("alg".into(), k.algorithm.name().into());
+            obj.insert("use".into(), "sig".into());
+            Some(jwk)
+        })
+        .collect();
+    if published.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(&serde_json::json!({ "keys": published }))
+        .ok()
+        .map(bytes::Bytes::from)
 }
 
 fn compile_keys(raw: &RawConfig, src: &Source, errors: &mut Errors) -> Option<KeySet> {

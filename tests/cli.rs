@@ -362,3 +362,100 @@ fn secret_file_with_a_trailing_newline_is_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn hash_password(input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = authgate()
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn hash_password_output_goes_into_the_config_and_logs_in() {
+    let out = hash_password("s3cret pass\r\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{hash}"
+    );
+    let up = Upstream::start().await;
+    let yaml = format!(
+        "tokens:\n  keys:\n    - {{ id: k1, algorithm: HS256, secret: \"{{SECRET}}\" }}\nlogin:\n  users:\n    - {{ username: erin, password_hash: \"{hash}\" }}\nupstreams:\n  app: \"{{UPSTREAM}}\"\nroutes:\n  - name: app\n    upstream: app\n    headers: {{ X-User-Id: sub }}\n"
+    );
+    let gw = Gateway::start(&yaml, &up.url()).await;
+    let login = |password: &'static str| {
+        let addr = gw.addr();
+        async move {
+            let body = serde_json::json!({"username": "erin", "password": password}).to_string();
+            send(
+                addr,
+                "POST",
+                "/auth/login",
+                &[("content-type", "application/json")],
+                body.into(),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        login("s3cret pass\r").await.status,
+        401,
+        "only the line ending is dropped"
+    );
+    let r = login("s3cret pass").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(gw.get_with_token("/", &token).await.status, 200);
+    assert_eq!(up.only().headers["x-user-id"], "erin");
+}
+
+#[test]
+fn hash_password_refuses_an_empty_password() {
+    let out = hash_password("\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty password"));
+}
+
+#[test]
+fn bad_users_are_reported_in_the_file_they_are_in() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.yaml"), "- username: a\n  password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\"\n- username: b\n  password_hash: plaintext\n").unwrap();
+    let text = "tokens:\n  keys:\n    - { id: a, algorithm: HS256, secret: \"{SECRET}\" }\nlogin:\n  users_file: users.yaml\n  users:\n    - { username: c, password_hash: md5, claims: { sub: root } }\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n";
+    let path = write_config(&dir, text);
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:7:", path.display()))
+            && stderr.contains("login.users[0].password_hash"),
+        "{stderr}"
+    );
+    let users = dir.path().join("users.yaml");
+    assert!(
+        stderr.contains(&format!(
+            "{}:4:18: [1].password_hash: not an argon2id PHC string",
+            users.display()
+        )),
+        "{stderr}"
+    );
+}

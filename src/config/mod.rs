@@ -27,6 +27,9 @@ pub struct RawConfig {
     pub listen: Text,
     /// Token verification (and, for the CLI, signing) settings.
     pub tokens: RawTokens,
+    /// The login route that issues tokens (optional).
+    #[serde(default)]
+    pub login: Option<RawLogin>,
     /// Claims cache bounds.
     #[serde(default)]
     pub cache: RawCache,
@@ -91,6 +94,93 @@ pub struct RawKey {
     /// for this process (tokens then do not survive a restart; a warning is logged).
     #[serde(default)]
     pub ephemeral_if_empty: bool,
+}
+
+/// `login:` — the route that checks a username and password and issues a token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogin {
+    /// `POST` here with JSON `{"username","password"}` or an HTML form.
+    #[serde(default = "default_login_path")]
+    pub path: Text,
+    /// Users listed inline.
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    /// A YAML file holding a list of users of the same shape (relative to this file).
+    #[serde(default)]
+    pub users_file: Option<Text>,
+    /// Largest login request body accepted, in bytes (413 beyond; checked before any hashing).
+    #[serde(default = "default_login_max_body")]
+    pub max_body_bytes: u64,
+    /// Brute-force limits.
+    #[serde(default)]
+    pub rate_limit: RawLoginRateLimit,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed when keying the per-client
+    /// limit. Empty (the default): the socket peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Text>,
+}
+
+fn default_login_path() -> Text {
+    Text("/auth/login".into())
+}
+fn default_login_max_body() -> u64 {
+    16 * 1024
+}
+
+/// One user of the login route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    /// Becomes `sub` of the issued token.
+    pub username: Text,
+    /// An argon2 PHC string, as printed by `authgate hash-password`.
+    pub password_hash: Secret,
+    /// Copied into issued tokens (`sub`, `iss`, `aud`, `exp`, `nbf`, `iat`, `jti` are reserved).
+    #[serde(default)]
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `login.rate_limit:` — token buckets, keyed per client address and per username.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLoginRateLimit {
+    /// Attempts one client address may make (default 20 per minute).
+    #[serde(default = "default_per_client")]
+    pub per_client: RawRate,
+    /// Attempts on one username from anywhere (default 10 per minute).
+    #[serde(default = "default_per_username")]
+    pub per_username: RawRate,
+}
+
+impl Default for RawLoginRateLimit {
+    fn default() -> Self {
+        RawLoginRateLimit {
+            per_client: default_per_client(),
+            per_username: default_per_username(),
+        }
+    }
+}
+
+/// `requests` attempts per `per`, refilled evenly; a burst of `requests` is allowed.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub requests: u32,
+    pub per: DurationValue,
+}
+
+fn default_per_client() -> RawRate {
+    RawRate {
+        requests: 20,
+        per: DurationValue(Duration::from_secs(60)),
+    }
+}
+fn default_per_username() -> RawRate {
+    RawRate {
+        requests: 10,
+        per: DurationValue(Duration::from_secs(60)),
+    }
 }
 
 /// `cache:` — the verified-claims cache.

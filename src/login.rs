@@ -1,0 +1,526 @@
+//! The login route: checks a username and password against the configured users (argon2id)
+//! and issues a token signed with the first key. Bounded before any hashing: body size,
+//! field sizes, per-client and per-username rate limits, and a cap on concurrent hashing.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::SaltString;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+
+use crate::auth::issue::{IssueOptions, RESERVED_CLAIMS, issue};
+use crate::config::{Diagnostic, KeyPath, RawLogin, RawRate, RawUser, Source};
+use crate::error::{GatewayError, json_response};
+use crate::proxy::Body;
+use crate::runtime::TokenSettings;
+
+/// Longest username and password accepted (400 beyond), before any hashing.
+pub const MAX_USERNAME: usize = 256;
+pub const MAX_PASSWORD: usize = 1024;
+
+struct User {
+    hash: String,
+    claims: Map<String, Value>,
+}
+
+/// The compiled login route.
+pub struct Login {
+    pub path: String,
+    users: HashMap<String, User>,
+    /// Verified when the username is unknown, so that costs what a wrong password costs.
+    dummy_hash: String,
+    max_body: u64,
+    per_client: DefaultKeyedRateLimiter<IpAddr>,
+    per_username: DefaultKeyedRateLimiter<String>,
+    trusted_proxies: Vec<IpNet>,
+    hashing: Arc<Semaphore>,
+    /// The users file, when there is one (watched for reloads).
+    pub users_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("path", &self.path)
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hashes a password as `authgate hash-password` does: argon2id, default parameters
+/// (m=19456 KiB, t=2, p=1), random 16-byte salt.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut salt)
+        .map_err(|_| "the system random number generator failed".to_string())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn quota(rate: RawRate) -> Option<Quota> {
+    let burst = NonZeroU32::new(rate.requests)?;
+    Quota::with_period(rate.per.0 / rate.requests).map(|q| q.allow_burst(burst))
+}
+
+/// A dummy hash with the same parameters as the first real one, so both paths cost the same.
+fn dummy_hash(users: &HashMap<String, User>) -> String {
+    let params = users
+        .values()
+        .next()
+        .and_then(|u| PasswordHash::new(&u.hash).ok())
+        .and_then(|h| argon2::Params::try_from(&h).ok())
+        .unwrap_or_default();
+    let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut random = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let salt = SaltString::encode_b64(&random)
+        .unwrap_or_else(|_| SaltString::from_b64("c2FsdHNhbHRzYWx0").expect("static salt"));
+    argon
+        .hash_password(&random, &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+}
+
+fn check_user(
+    user: &RawUser,
+    at: &dyn Fn(&str) -> Diagnostic,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<User> {
+    let name = user.username.as_str();
+    if name.is_empty() || name.len() > MAX_USERNAME || name.chars().any(char::is_control) {
+        errors.push(at("username"));
+        return None;
+    }
+    match PasswordHash::new(&user.password_hash.0) {
+        Ok(h) if h.algorithm.as_str() == "argon2id" => {}
+        _ => {
+            errors.push(at("password_hash"));
+            return None;
+        }
+    }
+    if let Some(reserved) = user
+        .claims
+        .keys()
+        .find(|k| RESERVED_CLAIMS.contains(&k.as_str()))
+    {
+        let mut d = at("claims");
+        d.message = format!(
+            "{}: claim `{reserved}` is set by authgate and cannot be given",
+            d.message
+        );
+        errors.push(d);
+        return None;
+    }
+    Some(User {
+        hash: user.password_hash.0.clone(),
+        claims: user.claims.clone(),
+    })
+}
+
+fn user_problem(src: &Source, path: &KeyPath, field: &str) -> Diagnostic {
+    let message = match field {
+        "username" => {
+            format!("username must be 1 to {MAX_USERNAME} bytes without control characters")
+        }
+        "password_hash" => {
+            "not an argon2id PHC string (create one with `authgate hash-password`)".to_string()
+        }
+        _ => String::new(),
+    };
+    src.diagnostic(&path.key(field), message)
+}
+
+/// Compiles `login:`; users come from the config file and `users_file`.
+pub fn compile(raw: &RawLogin, src: &Source) -> Result<Login, Vec<Diagnostic>> {
+    let at = KeyPath::root().key("login");
+    let mut errors = Vec::new();
+    let path = raw.path.as_str().to_owned();
+    if crate::path::normalize(&path)
+        .map(|n| n != path)
+        .unwrap_or(true)
+    {
+        errors.push(src.diagnostic(
+            &at.key("path"),
+            format!("`{path}` is not a normalized absolute path"),
+        ));
+    }
+    let mut users = HashMap::new();
+    let mut add =
+        |user: &RawUser, diag_at: &dyn Fn(&str) -> Diagnostic, errors: &mut Vec<Diagnostic>| {
+            if let Some(u) = check_user(user, diag_at, errors) {
+                let name = user.username.as_str().to_owned();
+                if users.insert(name.clone(), u).is_some() {
+                    let mut d = diag_at("username");
+                    d.message = format!(
+                        "{}: user `{name}` is defined twice",
+                        d.message.split(':').next().unwrap_or("")
+                    );
+                    errors.push(d);
+                }
+            }
+        };
+    for (i, user) in raw.users.iter().enumerate() {
+        let p = at.key("users").index(i);
+        add(user, &|field| user_problem(src, &p, field), &mut errors);
+    }
+    let mut users_file = None;
+    if let Some(file) = &raw.users_file {
+        let file_path = src.resolve(file.as_str());
+        match Source::read(&file_path) {
+            Err(e) => errors.push(src.diagnostic(&at.key("users_file"), e)),
+            Ok(users_src) => match yaml_serde::from_str::<Vec<RawUser>>(&users_src.text) {
+                Err(e) => {
+                    let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+                    let msg = e.to_string();
+                    let msg = msg
+                        .rfind(" at line ")
+                        .map_or(msg.clone(), |p| msg[..p].to_owned());
+                    errors.push(Diagnostic {
+                        file: users_src.name.clone(),
+                        line,
+                        column,
+                        message: msg,
+                    });
+                }
+                Ok(list) => {
+                    for (i, user) in list.iter().enumerate() {
+                        let p = KeyPath::root().index(i);
+                        add(
+                            user,
+                            &|field| user_problem(&users_src, &p, field),
+                            &mut errors,
+                        );
+                    }
+                }
+            },
+        }
+        users_file = Some(file_path);
+    }
+    let rate = &raw.rate_limit;
+    let per_client = quota(rate.per_client);
+    let per_username = quota(rate.per_username);
+    for (name, q) in [
+        ("per_client", per_client.is_none()),
+        ("per_username", per_username.is_none()),
+    ] {
+        if q {
+            errors.push(src.diagnostic(
+                &at.key("rate_limit").key(name),
+                "`requests` must be at least 1 and `per` long enough to refill one request per nanosecond or slower",
+            ));
+        }
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, proxy) in raw.trusted_proxies.iter().enumerate() {
+        let text = proxy.as_str();
+        match text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => errors.push(src.diagnostic(
+                &at.key("trusted_proxies").index(i),
+                format!("`{text}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
+            )),
+        }
+    }
+    let (Some(per_client), Some(per_username), true) =
+        (per_client, per_username, errors.is_empty())
+    else {
+        return Err(errors);
+    };
+    let dummy_hash = dummy_hash(&users);
+    let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
+    Ok(Login {
+        path,
+        users,
+        dummy_hash,
+        max_body: raw.max_body_bytes,
+        per_client: RateLimiter::keyed(per_client),
+        per_username: RateLimiter::keyed(per_username),
+        trusted_proxies,
+        hashing: Arc::new(Semaphore::new(permits)),
+        users_file,
+    })
+}
+
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+/// The address the per-client limit is keyed on: the socket peer, or — when the peer is a
+/// trusted proxy — the right-most `X-Forwarded-For` entry that is not a trusted proxy.
+fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let chain: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    chain
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+fn check_rate<K: std::hash::Hash + Eq + Clone>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+) -> Result<(), GatewayError> {
+    // Keep the keyed state bounded under a flood of distinct keys.
+    if limiter.len() > 100_000 {
+        limiter.retain_recent();
+    }
+    limiter.check_key(key).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        GatewayError::TooManyRequests(wait.max(Duration::from_secs(1)))
+    })
+}
+
+enum Form {
+    Json,
+    UrlEncoded,
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Form, GatewayError> {
+    let value = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = value.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(Form::Json)
+    } else if media.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        Ok(Form::UrlEncoded)
+    } else {
+        Err(GatewayError::UnsupportedMediaType)
+    }
+}
+
+fn parse_credentials(form: &Form, body: &[u8]) -> Result<Credentials, GatewayError> {
+    let creds = match form {
+        Form::Json => {
+            const SHAPE: &str =
+                "expected a JSON object with string fields `username` and `password`";
+            // An object, not serde's positional array form of a struct.
+            let object = serde_json::from_slice::<Map<String, Value>>(body)
+                .map_err(|_| GatewayError::BadRequest(SHAPE))?;
+            match (object.get("username"), object.get("password")) {
+                (Some(Value::String(u)), Some(Value::String(p))) => Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                },
+                _ => return Err(GatewayError::BadRequest(SHAPE)),
+            }
+        }
+        Form::UrlEncoded => {
+            let (mut username, mut password) = (None, None);
+            for (k, v) in form_urlencoded::parse(body) {
+                let slot = match &*k {
+                    "username" => &mut username,
+                    "password" => &mut password,
+                    _ => continue,
+                };
+                if slot.replace(v.into_owned()).is_some() {
+                    return Err(GatewayError::BadRequest(
+                        "`username` and `password` must be given once",
+                    ));
+                }
+            }
+            match (username, password) {
+                (Some(username), Some(password)) => Credentials { username, password },
+                _ => {
+                    return Err(GatewayError::BadRequest(
+                        "expected form fields `username` and `password`",
+                    ));
+                }
+            }
+        }
+    };
+    if creds.username.is_empty() || creds.username.len() > MAX_USERNAME {
+        return Err(GatewayError::BadRequest("username must be 1 to 256 bytes"));
+    }
+    if creds.password.is_empty() || creds.password.len() > MAX_PASSWORD {
+        return Err(GatewayError::BadRequest("password must be 1 to 1024 bytes"));
+    }
+    Ok(creds)
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap, max: u64) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(GatewayError::PayloadTooLarge)
+        }
+        Err(_) => Err(GatewayError::BadRequest(
+            "the request body could not be read",
+        )),
+    }
+}
+
+impl Login {
+    /// Runs `argon2` on a blocking thread, at most one per core at a time.
+    async fn verify(&self, username: &str, password: String) -> bool {
+        let (hash, known) = match self.users.get(username) {
+            Some(u) => (u.hash.clone(), true),
+            None => (self.dummy_hash.clone(), false),
+        };
+        let Ok(_permit) = self.hashing.clone().acquire_owned().await else {
+            return false;
+        };
+        let matched = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|h| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        matched && known
+    }
+
+    /// `POST {login.path}`.
+    pub async fn handle(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        body: Incoming,
+        peer: SocketAddr,
+        keys: &crate::auth::KeySet,
+        tokens: &TokenSettings,
+    ) -> Result<(Response<Body>, String), GatewayError> {
+        if method != Method::POST {
+            return Err(GatewayError::MethodNotAllowed("POST"));
+        }
+        check_rate(
+            &self.per_client,
+            &client_ip(headers, peer.ip(), &self.trusted_proxies),
+        )?;
+        let form = content_type(headers)?;
+        let body = read_body(body, headers, self.max_body).await?;
+        let creds = parse_credentials(&form, &body)?;
+        check_rate(&self.per_username, &creds.username)?;
+        let username = creds.username;
+        if !self.verify(&username, creds.password).await {
+            return Err(GatewayError::InvalidCredentials);
+        }
+        let claims = self
+            .users
+            .get(&username)
+            .map(|u| u.claims.clone())
+            .unwrap_or_default();
+        let options = IssueOptions {
+            issuer: tokens.issuer.as_deref(),
+            audience: tokens.audience.as_deref(),
+            ttl: tokens.ttl,
+        };
+        let token = issue(keys, &options, &username, claims).map_err(|e| {
+            tracing::error!(error = %e, "cannot sign a token for a successful login");
+            GatewayError::Internal
+        })?;
+        let resp = json_response(
+            StatusCode::OK,
+            &json!({"access_token": token, "token_type": "Bearer", "expires_in": tokens.ttl.as_secs()}),
+        );
+        Ok((resp, username))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_verify_and_are_argon2id() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        let parsed = PasswordHash::new(&h).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"correct horse", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"wrong", &parsed)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn client_ip_trusts_forwarded_for_only_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1, 10.0.0.2".parse().unwrap());
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let direct: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(
+            client_ip(&h, proxy, &trusted),
+            "1.1.1.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(&h, direct, &trusted), direct);
+        assert_eq!(client_ip(&h, proxy, &[]), proxy);
+        assert_eq!(client_ip(&HeaderMap::new(), proxy, &trusted), proxy);
+    }
+
+    #[test]
+    fn credentials_parse_from_json_and_forms() {
+        let c = parse_credentials(
+            &Form::Json,
+            br#"{"username":"a","password":"b","role":"admin"}"#,
+        )
+        .unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("a", "b"));
+        let c =
+            parse_credentials(&Form::UrlEncoded, b"username=al%20ice&password=p%26w&x=1").unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("al ice", "p&w")
+        );
+        assert!(parse_credentials(&Form::Json, br#"{"username":"a"}"#).is_err());
+        assert!(parse_credentials(&Form::Json, br#"{"username":1,"password":"b"}"#).is_err());
+        assert!(parse_credentials(&Form::Json, b"not json").is_err());
+        assert!(parse_credentials(&Form::UrlEncoded, b"username=a&username=b&password=c").is_err());
+        assert!(parse_credentials(&Form::UrlEncoded, b"username=&password=c").is_err());
+        let long = format!(r#"{{"username":"a","password":"{}"}}"#, "x".repeat(2000));
+        assert!(parse_credentials(&Form::Json, long.as_bytes()).is_err());
+    }
+}
