@@ -61,7 +61,10 @@ fn jwks_response(document: &bytes::Bytes) -> Response<Body> {
 }
 
 impl Gateway {
+    /// Must be called inside a tokio runtime: it starts the runtime's background work
+    /// (remote JWKS fetching).
     pub fn new(runtime: Runtime) -> Arc<Self> {
+        runtime.start_background();
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
         })
@@ -74,6 +77,7 @@ impl Gateway {
 
     /// Swaps in a new runtime; requests in flight keep the one they started with.
     pub fn replace(&self, runtime: Runtime) {
+        runtime.start_background();
         self.runtime.store(Arc::new(runtime));
     }
 
@@ -166,14 +170,14 @@ fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
 }
 
 /// Runs the route's auth mode: the verified token when there is one.
-fn authenticate(
+async fn authenticate(
     rt: &Runtime,
     route: &Route,
     token: Option<&str>,
 ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
     match (route.auth, token) {
         (AuthMode::None, _) => Ok(None),
-        (_, Some(token)) => Ok(Some(rt.verifier.verify(token)?)),
+        (_, Some(token)) => Ok(Some(rt.verifier.verify(token).await?)),
         (AuthMode::Required, None) => Err(TokenError::Missing.into()),
         (AuthMode::Optional, None) => Ok(None),
     }
@@ -263,7 +267,7 @@ async fn process(
     outcome.route = Some(route.name.clone());
 
     let token = bearer_token(&parts.headers)?;
-    let verified = authenticate(rt, route, token)?;
+    let verified = authenticate(rt, route, token).await?;
     outcome.token = verified.clone();
     check_allow(route, verified.as_deref())?;
 

@@ -12,6 +12,7 @@ use http::header::HeaderName;
 use http::uri::{Authority, Scheme};
 use http::{Method, Uri};
 
+use crate::auth::jwks::{Provider, ProviderSettings};
 use crate::auth::keys::load_key;
 use crate::auth::verify::VerifyOptions;
 use crate::auth::{AllowRule, ClaimPath, KeySet, Verifier};
@@ -134,6 +135,14 @@ impl Runtime {
         }
     }
 
+    /// Starts background work tied to this runtime (remote JWKS fetching); it stops by itself
+    /// once the runtime is dropped.
+    pub fn start_background(&self) {
+        for provider in self.verifier.providers() {
+            provider.spawn_refresher();
+        }
+    }
+
     pub fn upstream(&self, route: &Route) -> &Upstream {
         &self.upstreams[route.upstream]
     }
@@ -169,6 +178,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         .ok();
 
     let keys = compile_keys(&raw, src, &mut errors);
+    let providers = compile_providers(&raw, &mut errors);
 
     let mut upstream_index = HashMap::new();
     let mut upstreams = Vec::new();
@@ -252,7 +262,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         listen,
         routes,
         upstreams,
-        verifier: Verifier::new(keys, &options, header_claims),
+        verifier: Verifier::new(keys, &options, header_claims, providers),
         strip: StripSet::new(strip_names),
         tokens: TokenSettings {
             issuer: options.issuer.clone(),
@@ -284,6 +294,80 @@ fn jwks_document(keys: &KeySet) -> Option<bytes::Bytes> {
     serde_json::to_vec(&serde_json::json!({ "keys": published }))
         .ok()
         .map(bytes::Bytes::from)
+}
+
+/// Whether a URL's host is a loopback address, where plain http cannot be intercepted.
+fn is_loopback(uri: &Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+fn compile_providers(raw: &RawConfig, errors: &mut Errors) -> Vec<Arc<Provider>> {
+    let at = KeyPath::root().key("tokens").key("jwks");
+    let mut providers = Vec::new();
+    let mut issuers = BTreeSet::new();
+    for (i, p) in raw.tokens.jwks.iter().enumerate() {
+        let here = at.index(i);
+        let url = p.url.as_str();
+        match url.parse::<Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("http") && is_loopback(&uri) => {}
+            Ok(uri) if uri.scheme_str() == Some("http") => {
+                errors.push((here.key("url"), "JWKS must be fetched over https (plain http only from loopback addresses): keys fetched in clear text can be replaced by anyone on the path".into()));
+                continue;
+            }
+            _ => {
+                errors.push((here.key("url"), format!("`{url}` is not an https URL")));
+                continue;
+            }
+        }
+        let issuer = p.issuer.as_str();
+        if issuer.is_empty() {
+            errors.push((here.key("issuer"), "issuer must not be empty".into()));
+            continue;
+        }
+        if raw
+            .tokens
+            .issuer
+            .as_ref()
+            .is_some_and(|own| own.as_str() == issuer)
+        {
+            errors.push((
+                here.key("issuer"),
+                "this is authgate's own `tokens.issuer`; each issuer must have one key source"
+                    .into(),
+            ));
+            continue;
+        }
+        if !issuers.insert(issuer.to_owned()) {
+            errors.push((
+                here.key("issuer"),
+                format!("issuer `{issuer}` is listed twice"),
+            ));
+            continue;
+        }
+        let settings = ProviderSettings {
+            url: url.to_owned(),
+            issuer: issuer.to_owned(),
+            audience: p.audience.as_ref().map(|a| a.as_str().to_owned()),
+            refresh_interval: p.refresh_interval.0.max(std::time::Duration::from_secs(1)),
+            unknown_kid_cooldown: p.unknown_kid_cooldown.0,
+            timeout: p.timeout.0,
+            leeway_secs: raw.tokens.leeway.0.as_secs(),
+        };
+        match Provider::new(settings) {
+            Ok(provider) => providers.push(Arc::new(provider)),
+            Err(e) => errors.push((here, e)),
+        }
+    }
+    providers
 }
 
 fn compile_keys(raw: &RawConfig, src: &Source, errors: &mut Errors) -> Option<KeySet> {

@@ -459,3 +459,29 @@ fn bad_users_are_reported_in_the_file_they_are_in() {
         "{stderr}"
     );
 }
+
+#[test]
+fn jwks_over_plain_http_is_refused_unless_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, ok) in [
+        ("http://idp.example/jwks", false),
+        ("ftp://idp/jwks", false),
+        ("http://127.0.0.1:9/jwks", true),
+        ("https://idp.example/jwks", true),
+    ] {
+        let text = format!(
+            "tokens:\n  keys:\n    - {{ id: a, algorithm: HS256, secret: \"{{SECRET}}\" }}\n  jwks:\n    - {{ url: \"{url}\", issuer: \"https://idp/\" }}\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n"
+        );
+        let path = write_config(&dir, &text);
+        let out = authgate()
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{url}: {stderr}");
+        if !ok {
+            assert!(stderr.contains("tokens.jwks[0].url"), "{stderr}");
+        }
+    }
+}

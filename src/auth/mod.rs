@@ -3,6 +3,7 @@
 pub mod cache;
 pub mod claims;
 pub mod issue;
+pub mod jwks;
 pub mod keys;
 pub mod verify;
 

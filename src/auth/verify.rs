@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::cache::ClaimsCache;
 use super::claims::{ClaimPath, RenderError, render};
+use super::jwks::{Provider, RemoteKey};
 use super::keys::{Key, KeySet};
 
 /// Longest token accepted; a JWT larger than this is not a credential but an attack.
@@ -114,6 +115,8 @@ pub fn unix_now() -> u64 {
 /// Checks tokens against the configured keys, issuer, audience and leeway, with a cache.
 pub struct Verifier {
     keys: KeySet,
+    /// Remote key sets, each trusted only for tokens naming its issuer.
+    providers: Vec<Arc<Provider>>,
     /// One `Validation` per key, in key order: the key's algorithm and nothing else.
     validations: Vec<Validation>,
     header_claims: Vec<ClaimPath>,
@@ -181,7 +184,12 @@ pub struct VerifyOptions {
 }
 
 impl Verifier {
-    pub fn new(keys: KeySet, options: &VerifyOptions, header_claims: Vec<ClaimPath>) -> Self {
+    pub fn new(
+        keys: KeySet,
+        options: &VerifyOptions,
+        header_claims: Vec<ClaimPath>,
+        providers: Vec<Arc<Provider>>,
+    ) -> Self {
         let validations = keys
             .iter()
             .map(|key| {
@@ -208,6 +216,7 @@ impl Verifier {
             .collect();
         Verifier {
             keys,
+            providers,
             validations,
             header_claims,
             cache: ClaimsCache::new(options.cache_entries),
@@ -216,6 +225,10 @@ impl Verifier {
 
     pub fn keys(&self) -> &KeySet {
         &self.keys
+    }
+
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
     }
 
     pub fn cache(&self) -> &ClaimsCache {
@@ -227,25 +240,31 @@ impl Verifier {
     }
 
     /// Verifies `token`, from the cache when this exact token was verified before.
-    pub fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedToken>, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLarge);
         }
         if let Some(hit) = self.cache.get(token) {
             return Ok(hit);
         }
-        let verified = Arc::new(self.verify_uncached(token)?);
+        let verified = Arc::new(self.verify_uncached(token).await?);
         self.cache.insert(token, verified.clone());
         Ok(verified)
     }
 
-    fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, TokenError> {
+    async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, TokenError> {
         match token.bytes().filter(|&b| b == b'.').count() {
             2 => {}
             4 => return Err(TokenError::Encrypted),
             _ => return Err(TokenError::Malformed),
         }
         let header = parse_header(token)?;
+        if !self.providers.is_empty()
+            && let Some(provider) = self.provider_for(token)
+        {
+            let claims = verify_remote(provider, token, &header).await?;
+            return self.finish(claims);
+        }
         let claims = match &header.kid {
             Some(kid) => {
                 let (index, key) = self.key_by_id(kid)?;
@@ -257,6 +276,24 @@ impl Verifier {
             None => self.decode_without_kid(token, &header.alg)?,
         };
         self.finish(claims)
+    }
+
+    /// The provider whose issuer the (not yet verified) token names. Choosing the key set by
+    /// `iss` is safe: each set only accepts tokens carrying its own issuer.
+    fn provider_for(&self, token: &str) -> Option<&Provider> {
+        let payload = token.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        #[derive(serde::Deserialize)]
+        struct Iss {
+            iss: Option<String>,
+        }
+        let iss = serde_json::from_slice::<Iss>(&bytes).ok()?.iss?;
+        self.providers
+            .iter()
+            .find(|p| p.settings.issuer == iss)
+            .map(|p| &**p)
     }
 
     fn key_by_id(&self, kid: &str) -> Result<(usize, &Key), TokenError> {
@@ -334,6 +371,54 @@ impl Verifier {
             sub,
             header_values,
         })
+    }
+}
+
+/// Verifies with a remote provider's keys: by `kid` (fetching again once per cooldown when it
+/// is unknown), or without a kid each key of the token's algorithm in turn.
+async fn verify_remote(
+    provider: &Provider,
+    token: &str,
+    header: &JoseHeader,
+) -> Result<Map<String, Value>, TokenError> {
+    let alg: Option<jsonwebtoken::Algorithm> = header.alg.parse().ok();
+    let decode = |key: &RemoteKey| {
+        if Some(key.alg) != alg {
+            return Err(TokenError::WrongAlgorithm);
+        }
+        jsonwebtoken::decode::<Map<String, Value>>(
+            token,
+            &key.decoding,
+            &provider.validation(key.alg),
+        )
+        .map(|d| d.claims)
+        .map_err(|e| map_error(e.kind()))
+    };
+    match &header.kid {
+        Some(kid) => {
+            let known = provider.keys().by_kid(kid).cloned();
+            let key = match known {
+                Some(key) => key,
+                None if provider.refresh_for_unknown_kid().await => provider
+                    .keys()
+                    .by_kid(kid)
+                    .cloned()
+                    .ok_or(TokenError::UnknownKeyId)?,
+                None => return Err(TokenError::UnknownKeyId),
+            };
+            decode(&key)
+        }
+        None => {
+            let snapshot = provider.keys();
+            let mut last = TokenError::UnknownKeyId;
+            for key in snapshot.all().iter().filter(|k| Some(k.alg) == alg) {
+                match decode(key) {
+                    Err(TokenError::BadSignature) => last = TokenError::BadSignature,
+                    other => return other,
+                }
+            }
+            Err(last)
+        }
     }
 }
 

@@ -61,6 +61,42 @@ pub struct RawTokens {
     pub leeway: DurationValue,
     /// Keys: the first one signs, every one verifies.
     pub keys: Vec<RawKey>,
+    /// External identity providers whose published keys are also trusted, each for tokens
+    /// naming its issuer.
+    #[serde(default)]
+    pub jwks: Vec<RawJwks>,
+}
+
+/// `tokens.jwks[]` — a remote JWK Set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwks {
+    /// `https://…/jwks.json` (plain `http://` only for loopback addresses).
+    pub url: Text,
+    /// Tokens whose `iss` is exactly this are verified with this provider's keys only.
+    pub issuer: Text,
+    /// When set, tokens from this provider must name it in `aud`.
+    #[serde(default)]
+    pub audience: Option<Text>,
+    /// How often the keys are fetched again (default 15m).
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh_interval: DurationValue,
+    /// Least time between fetches caused by tokens naming an unknown `kid` (default 30s).
+    #[serde(default = "default_jwks_cooldown")]
+    pub unknown_kid_cooldown: DurationValue,
+    /// Time allowed for one fetch (default 5s).
+    #[serde(default = "default_jwks_timeout")]
+    pub timeout: DurationValue,
+}
+
+fn default_jwks_refresh() -> DurationValue {
+    DurationValue(Duration::from_secs(900))
+}
+fn default_jwks_cooldown() -> DurationValue {
+    DurationValue(Duration::from_secs(30))
+}
+fn default_jwks_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(5))
 }
 
 fn default_ttl() -> DurationValue {
