@@ -226,7 +226,12 @@ fn load_asymmetric(raw: &RawKey, src: &Source, at: &KeyPath, id: String) -> Resu
         )]),
         (Some(file), None) => {
             let pem = read("private_key_file", file.as_str())?;
-            let bad = |_| vec![(at.key("private_key_file"), format!("not a PEM {kind} private key usable with {:?}", raw.algorithm))];
+            let hint = if String::from_utf8_lossy(&pem).contains("BEGIN EC PRIVATE KEY") {
+                " (this is a SEC1 `EC PRIVATE KEY`: convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.p8.pem`)"
+            } else {
+                ""
+            };
+            let bad = |_| vec![(at.key("private_key_file"), format!("not a PEM {kind} private key usable with {:?}{hint}", raw.algorithm))];
             let encoding = match raw.algorithm {
                 Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
                 Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
