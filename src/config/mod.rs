@@ -25,6 +25,12 @@ pub struct RawConfig {
     /// Address the gateway listens on, e.g. `0.0.0.0:8080`.
     #[serde(default = "default_listen")]
     pub listen: Text,
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Connection limits and timeouts of the main listener.
+    #[serde(default)]
+    pub server: RawServer,
     /// Token verification (and, for the CLI, signing) settings.
     pub tokens: RawTokens,
     /// The login route that issues tokens (optional).
@@ -41,6 +47,74 @@ pub struct RawConfig {
 
 fn default_listen() -> Text {
     Text("0.0.0.0:8080".into())
+}
+
+/// Where the admin endpoints listen. Keep it private: metrics name routes and upstreams.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// `admin:` — health, readiness and metrics for operators.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `IP:port` of the admin listener (default 127.0.0.1:9090).
+    #[serde(default = "default_admin_listen")]
+    pub listen: Text,
+}
+
+fn default_admin_listen() -> Text {
+    Text(DEFAULT_ADMIN_LISTEN.into())
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// `server:` — bounds on client connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Time a client gets to send a request's headers; for HTTP/1.1 it also bounds how long an
+    /// idle keep-alive connection waits for its next request (slowloris). Default 10s.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: DurationValue,
+    /// Largest request head (request line and headers) in bytes; larger is a 431. Default 32 KiB.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// Most client connections served at once; further ones wait in the accept queue.
+    /// Default 10000. Takes effect on restart.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default 30s.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: DurationValue,
+}
+
+fn default_header_read_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(10))
+}
+fn default_max_header_bytes() -> u32 {
+    32 * 1024
+}
+fn default_max_connections() -> u32 {
+    10_000
+}
+fn default_shutdown_grace() -> DurationValue {
+    DurationValue(Duration::from_secs(30))
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            header_read_timeout: default_header_read_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
 }
 
 /// `tokens:` — who issues tokens and which keys verify them.
