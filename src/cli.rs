@@ -1,4 +1,4 @@
-//! Command line (clap): `run` (default), `check`, `token`.
+//! Command line (clap): `run` (default), `check`, `hash-password`, `token`, `healthcheck`.
 
 use std::path::PathBuf;
 
@@ -61,6 +61,16 @@ pub enum Command {
         /// Lifetime (e.g. `15m`); defaults to `tokens.ttl`.
         #[arg(long)]
         ttl: Option<String>,
+    },
+    /// Exit 0 when the running gateway's admin `/healthz` answers 200 (Docker's HEALTHCHECK).
+    ///
+    /// Otherwise exit 1 with the reason on stderr. Only `admin.listen` is read from the config,
+    /// leniently: a config the gateway would refuse, or no config file at all, is no failure
+    /// (the default admin address 127.0.0.1:9090 is asked then).
+    Healthcheck {
+        /// Admin listener to ask (`IP:PORT`), instead of `admin.listen` from the config.
+        #[arg(long, value_name = "IP:PORT")]
+        admin_addr: Option<String>,
     },
 }
 

@@ -85,7 +85,20 @@ impl GatewayError {
         }
     }
 
+    /// A short fixed label for logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::Token(t) => t.reason(),
+            GatewayError::Forbidden(_) => "insufficient_scope",
+            other => other.code(),
+        }
+    }
+
     pub fn into_response(self) -> Response<Body> {
+        Self::into_response_ref(&self)
+    }
+
+    pub fn into_response_ref(&self) -> Response<Body> {
         let status = self.status();
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut resp = json_response(status, &body);

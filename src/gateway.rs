@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use http::header::{AUTHORIZATION, HOST, HeaderValue};
+use http::header::{AUTHORIZATION, HOST, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderMap, Request, Response, Version};
 use hyper::body::Incoming;
@@ -15,22 +15,36 @@ use hyper::body::Incoming;
 use crate::auth::{TokenError, VerifiedToken};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::path::{normalize, strip_segments};
 use crate::proxy::forward::stream;
 use crate::proxy::headers::{remove_hop_by_hop, set_forwarded};
 use crate::proxy::{Body, echo};
 use crate::runtime::{Route, Runtime, Target};
 
-/// Shared state of a running gateway: the current runtime, swapped whole on reload.
+/// Shared state of a running gateway: the current runtime, swapped whole on reload, and the
+/// metrics, which outlive runtimes.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
+    metrics: Metrics,
 }
 
-/// What the log line needs to know about a request once it is answered.
+/// Which part of the gateway answered.
+#[derive(Default, Clone, Copy)]
+enum Answered {
+    #[default]
+    Unmatched,
+    Login,
+    Jwks,
+    Route(usize),
+}
+
+/// What the log line and the metrics need to know about a request once it is answered.
 #[derive(Default)]
 struct Outcome {
     /// The normalized path, once known.
     path: Option<String>,
+    answered: Answered,
     route: Option<Arc<str>>,
     upstream: Option<Arc<str>>,
     token: Option<Arc<VerifiedToken>>,
@@ -40,6 +54,8 @@ struct Outcome {
 
 /// Where the public keys of asymmetric signing keys are published (RFC 7517 JWK Set).
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 fn jwks_response(document: &bytes::Bytes) -> Response<Body> {
     use http_body_util::BodyExt;
@@ -60,13 +76,36 @@ fn jwks_response(document: &bytes::Bytes) -> Response<Body> {
     resp
 }
 
+/// A client's `X-Request-Id` is kept when it is short and plain; otherwise one is made.
+fn sane_request_id(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    (1..=128).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut bytes = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 32];
+    for (i, b) in bytes.iter().enumerate() {
+        text[2 * i] = HEX[usize::from(b >> 4)];
+        text[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 impl Gateway {
     /// Must be called inside a tokio runtime: it starts the runtime's background work
     /// (remote JWKS fetching).
     pub fn new(runtime: Runtime) -> Arc<Self> {
+        let metrics = Metrics::new();
+        runtime.bind_metrics(&metrics);
         runtime.start_background();
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
+            metrics,
         })
     }
 
@@ -75,33 +114,72 @@ impl Gateway {
         self.runtime.load_full()
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Swaps in a new runtime; requests in flight keep the one they started with.
     pub fn replace(&self, runtime: Runtime) {
+        runtime.bind_metrics(&self.metrics);
         runtime.start_background();
         self.runtime.store(Arc::new(runtime));
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    fn record(&self, rt: &Runtime, outcome: &Outcome, err: Option<&GatewayError>, status: u16) {
+        if let Some(bound) = rt.bound.get() {
+            let counters = match outcome.answered {
+                Answered::Unmatched => &bound.unmatched,
+                Answered::Login => &bound.login,
+                Answered::Jwks => &bound.jwks,
+                Answered::Route(i) => &bound.routes[i],
+            };
+            counters.record(status);
+        }
+        match err {
+            Some(GatewayError::Token(reason)) => self.metrics.auth_failure(reason.reason()),
+            Some(GatewayError::Forbidden(_)) => self.metrics.auth_failure("insufficient_scope"),
+            Some(GatewayError::InvalidCredentials) => {
+                self.metrics.auth_failure("invalid_credentials")
+            }
+            Some(GatewayError::TooManyRequests(_)) => self.metrics.auth_failure("rate_limited"),
+            _ => {}
+        }
+        if matches!(outcome.answered, Answered::Login) {
+            self.metrics.login(match (status, err) {
+                (200, _) => "success",
+                (_, Some(GatewayError::InvalidCredentials)) => "invalid_credentials",
+                (_, Some(GatewayError::TooManyRequests(_))) => "rate_limited",
+                _ => "bad_request",
+            });
+        }
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let started = Instant::now();
         // One snapshot per request, held until the response is produced.
         let rt = self.runtime.load_full();
         let method = req.method().clone();
-        let mut outcome = Outcome::default();
-        let resp = match process(&rt, req, peer, &mut outcome).await {
-            Ok(resp) => resp,
-            Err(err) => {
-                if let GatewayError::Token(reason) = &err {
-                    tracing::debug!(reason = reason.reason(), "token refused");
-                }
-                err.into_response()
-            }
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(id) if sane_request_id(id) => id.clone(),
+            _ => new_request_id(),
         };
+        req.headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let mut outcome = Outcome::default();
+        let (mut resp, err) = match process(&rt, req, peer, &mut outcome).await {
+            Ok(resp) => (resp, None),
+            Err(err) => (err.into_response_ref(), Some(err)),
+        };
+        let status = resp.status().as_u16();
+        self.record(&rt, &outcome, err.as_ref(), status);
+        resp.headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
         tracing::info!(
             target: "authgate::access",
             method = %method,
             path = outcome.path.as_deref().unwrap_or("-"),
             route = outcome.route.as_deref().unwrap_or("-"),
-            status = resp.status().as_u16(),
+            status,
             latency_ms = started.elapsed().as_secs_f64() * 1000.0,
             sub = outcome
                 .token
@@ -110,6 +188,8 @@ impl Gateway {
                 .or(outcome.user.as_deref())
                 .unwrap_or("-"),
             upstream = outcome.upstream.as_deref().unwrap_or("-"),
+            request_id = request_id.to_str().unwrap_or("-"),
+            reason = err.as_ref().map_or("-", GatewayError::reason),
             "request"
         );
         resp
@@ -239,6 +319,7 @@ async fn process(
         && *path == *login.path
     {
         outcome.route = Some(Arc::from("(login)"));
+        outcome.answered = Answered::Login;
         let (resp, user) = login
             .handle(
                 &parts.method,
@@ -256,15 +337,17 @@ async fn process(
         && let Some(jwks) = &rt.jwks
     {
         outcome.route = Some(Arc::from("(jwks)"));
+        outcome.answered = Answered::Jwks;
         return Ok(jwks_response(jwks));
     }
 
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let (_, route) = rt
+    let (index, route) = rt
         .routes
         .find(&parts.method, host_str, &path)
         .ok_or(GatewayError::NoRoute)?;
     outcome.route = Some(route.name.clone());
+    outcome.answered = Answered::Route(index);
 
     let token = bearer_token(&parts.headers)?;
     let verified = authenticate(rt, route, token).await?;
@@ -333,7 +416,12 @@ async fn process(
                 .path_and_query(path_and_query)
                 .build()
                 .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
-            client.send(upstream_req).await?
+            let sent = Instant::now();
+            let result = client.send(upstream_req).await;
+            if let Some(bound) = rt.bound.get() {
+                bound.upstreams[route.upstream].observe(sent.elapsed());
+            }
+            result?
         }
     };
     remove_hop_by_hop(resp.headers_mut());

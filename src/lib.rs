@@ -3,12 +3,15 @@
 //! headers. `gateway.yaml -> config::RawConfig -> runtime::Runtime -> gateway::Gateway`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod healthcheck;
 pub mod login;
+pub mod metrics;
 pub mod path;
 pub mod proxy;
 pub mod routes;

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Some(Command::Check) => return check(&cli),
         Some(Command::HashPassword) => hash_password(),
         Some(Command::Token { sub, claims, ttl }) => token(&cli, sub, claims, ttl.as_deref()),
+        Some(Command::Healthcheck { admin_addr }) => healthcheck(&cli, admin_addr.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +87,13 @@ fn token(cli: &Cli, sub: &str, claims: &[String], ttl: Option<&str>) -> anyhow::
     Ok(())
 }
 
+fn healthcheck(cli: &Cli, admin_addr: Option<&str>) -> anyhow::Result<()> {
+    let addr = authgate::healthcheck::run(&cli.config, admin_addr)
+        .map_err(|e| anyhow::anyhow!("healthcheck: {e}"))?;
+    println!("healthy: http://{addr}/healthz answered 200");
+    Ok(())
+}
+
 fn run(cli: &Cli) -> anyhow::Result<()> {
     let runtime =
         Runtime::load(&cli.config).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
@@ -107,11 +115,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let admin_listen = runtime.admin_listen;
+        let admin_listener = tokio::net::TcpListener::bind(admin_listen)
+            .await
+            .with_context(|| format!("cannot listen on {admin_listen} (admin.listen)"))?;
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, config = %cli.config.display(), routes = runtime.routes.len(), "authgate listening");
+        let admin_addr = admin_listener.local_addr()?;
+        let routes = runtime.routes.len();
         let gateway = authgate::gateway::Gateway::new(runtime);
+        tokio::spawn(authgate::admin::serve(gateway.clone(), admin_listener));
+        // Signal handlers first: once "listening" is logged, SIGTERM and SIGHUP are handled.
+        let shutdown = server::shutdown_signal();
         server::reload_on_sighup(gateway.clone(), cli.config.clone());
-        server::serve(gateway, listener, server::shutdown_signal(), server::DEFAULT_GRACE).await;
+        if let Err(e) = server::watch_files(gateway.clone(), cli.config.clone()) {
+            tracing::warn!("{e}; reload with SIGHUP");
+        }
+        tracing::info!(%addr, admin = %admin_addr, config = %cli.config.display(), routes, "authgate listening");
+        server::serve(gateway, listener, shutdown).await;
         tracing::info!("stopped");
         Ok(())
     })

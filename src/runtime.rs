@@ -19,6 +19,7 @@ use crate::auth::{AllowRule, ClaimPath, KeySet, Verifier};
 use crate::config::{
     AuthMode, ConfigError, Diagnostic, KeyPath, RawConfig, RawMatch, RawRoute, RawUpstream, Source,
 };
+use crate::metrics::{LatencyHistogram, Metrics, RouteMetrics};
 use crate::path::normalize;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::headers::{StripSet, is_reserved_header};
@@ -62,6 +63,25 @@ pub struct Upstream {
     pub timeout: Duration,
 }
 
+/// Limits of the main listener (`server:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Per-route and per-upstream metric handles, looked up once per runtime.
+#[derive(Debug)]
+pub struct BoundMetrics {
+    pub routes: Vec<RouteMetrics>,
+    pub upstreams: Vec<LatencyHistogram>,
+    pub login: RouteMetrics,
+    pub jwks: RouteMetrics,
+    pub unmatched: RouteMetrics,
+}
+
 /// Token settings used when issuing.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
@@ -73,6 +93,12 @@ pub struct TokenSettings {
 /// Everything the request path needs, compiled once per (re)load.
 pub struct Runtime {
     pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub server: ServerSettings,
+    /// Files this runtime was built from (config, users file, key files): watched for reloads.
+    pub files: Vec<std::path::PathBuf>,
+    /// Metric handles, bound when the runtime is installed in a gateway.
+    pub bound: std::sync::OnceLock<BoundMetrics>,
     pub routes: RouteTable<Route>,
     pub upstreams: Vec<Upstream>,
     pub verifier: Verifier,
@@ -120,6 +146,9 @@ impl Runtime {
         };
         match compile(raw, source) {
             Ok(mut rt) if elsewhere.is_empty() => {
+                if let Some(file) = login.as_ref().and_then(|l| l.users_file.clone()) {
+                    rt.files.push(file);
+                }
                 rt.login = login;
                 Ok(rt)
             }
@@ -133,6 +162,28 @@ impl Runtime {
                 Err(ConfigError::Invalid(diags))
             }
         }
+    }
+
+    /// Looks up this runtime's metric handles (once; before it serves).
+    pub fn bind_metrics(&self, metrics: &Metrics) {
+        let _ = self.bound.set(BoundMetrics {
+            routes: self
+                .routes
+                .iter()
+                .map(|(_, r)| metrics.route(&r.name))
+                .collect(),
+            upstreams: self
+                .upstreams
+                .iter()
+                .map(|u| metrics.upstream(&u.name))
+                .collect(),
+            login: metrics.route("(login)"),
+            jwks: metrics.route("(jwks)"),
+            unmatched: metrics.route("(none)"),
+        });
+        self.verifier
+            .cache()
+            .bind_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone());
     }
 
     /// Starts background work tied to this runtime (remote JWKS fetching); it stops by itself
@@ -177,6 +228,22 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         })
         .ok();
 
+    let admin_listen = raw
+        .admin
+        .listen
+        .as_str()
+        .parse::<SocketAddr>()
+        .map_err(|_| {
+            errors.push((
+                root.key("admin").key("listen"),
+                format!(
+                    "`{}` is not an IP:port address (e.g. 127.0.0.1:9090)",
+                    raw.admin.listen.as_str()
+                ),
+            ))
+        })
+        .ok();
+    let server = compile_server(&raw, &mut errors);
     let keys = compile_keys(&raw, src, &mut errors);
     let providers = compile_providers(&raw, &mut errors);
 
@@ -231,9 +298,22 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
     if !errors.is_empty() {
         return Err(errors);
     }
-    let (Some(listen), Some(keys)) = (listen, keys) else {
+    let (Some(listen), Some(admin_listen), Some(keys)) = (listen, admin_listen, keys) else {
         return Err(errors);
     };
+    let mut files = vec![src.path.clone()];
+    for key in &raw.tokens.keys {
+        for file in [
+            &key.secret_file,
+            &key.private_key_file,
+            &key.public_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            files.push(src.resolve(file.as_str()));
+        }
+    }
 
     let routes = RouteTable::new(entries);
     let warnings = routes
@@ -260,6 +340,10 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
     let jwks = jwks_document(&keys);
     Ok(Runtime {
         listen,
+        admin_listen,
+        server,
+        files,
+        bound: std::sync::OnceLock::new(),
         routes,
         upstreams,
         verifier: Verifier::new(keys, &options, header_claims, providers),
@@ -368,6 +452,29 @@ fn compile_providers(raw: &RawConfig, errors: &mut Errors) -> Vec<Arc<Provider>>
         }
     }
     providers
+}
+
+fn compile_server(raw: &RawConfig, errors: &mut Errors) -> ServerSettings {
+    let at = KeyPath::root().key("server");
+    let s = &raw.server;
+    if s.max_header_bytes < 8192 {
+        errors.push((at.key("max_header_bytes"), "must be at least 8192".into()));
+    }
+    if s.max_connections == 0 {
+        errors.push((at.key("max_connections"), "must be at least 1".into()));
+    }
+    if s.header_read_timeout.0.is_zero() {
+        errors.push((
+            at.key("header_read_timeout"),
+            "must be longer than 0s".into(),
+        ));
+    }
+    ServerSettings {
+        header_read_timeout: s.header_read_timeout.0,
+        max_header_bytes: s.max_header_bytes as usize,
+        max_connections: s.max_connections as usize,
+        shutdown_grace: s.shutdown_grace.0,
+    }
 }
 
 fn compile_keys(raw: &RawConfig, src: &Source, errors: &mut Errors) -> Option<KeySet> {

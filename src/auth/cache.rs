@@ -2,7 +2,9 @@
 //! differs in any byte (a changed signature included) is a different entry; each entry expires
 //! at its token's `exp`. It caches verification only, never an authorization decision.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::metrics::counter::Counter;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -28,6 +30,8 @@ impl Expiry<CacheKey, Arc<VerifiedToken>> for UntilExp {
 /// Bounded cache of verified tokens.
 pub struct ClaimsCache {
     inner: Option<Cache<CacheKey, Arc<VerifiedToken>>>,
+    /// Hit and miss counters, once a gateway installs this cache.
+    counters: OnceLock<(Counter, Counter)>,
 }
 
 fn key(token: &str) -> CacheKey {
@@ -46,14 +50,33 @@ impl ClaimsCache {
                 .expire_after(UntilExp)
                 .build()
         });
-        ClaimsCache { inner }
+        ClaimsCache {
+            inner,
+            counters: OnceLock::new(),
+        }
+    }
+
+    /// Counts hits and misses into these counters from now on.
+    pub fn bind_counters(&self, hits: Counter, misses: Counter) {
+        let _ = self.counters.set((hits, misses));
     }
 
     /// A cached, still unexpired verification of exactly this token.
     pub fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
-        let hit = self.inner.as_ref()?.get(&key(token))?;
-        // moka's expiry has a granularity; the token's own `exp` is the hard limit.
-        (hit.exp > unix_now()).then_some(hit)
+        let found = self
+            .inner
+            .as_ref()
+            .and_then(|c| c.get(&key(token)))
+            // moka's expiry has a granularity; the token's own `exp` is the hard limit.
+            .filter(|hit| hit.exp > unix_now());
+        if let Some((hits, misses)) = self.counters.get() {
+            if found.is_some() {
+                hits.inc()
+            } else {
+                misses.inc()
+            };
+        }
+        found
     }
 
     pub fn insert(&self, token: &str, verified: Arc<VerifiedToken>) {

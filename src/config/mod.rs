@@ -81,7 +81,8 @@ pub struct RawServer {
     /// idle keep-alive connection waits for its next request (slowloris). Default 10s.
     #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: DurationValue,
-    /// Largest request head (request line and headers) in bytes; larger is a 431. Default 32 KiB.
+    /// Largest request head (request line and headers) in bytes, at least 8192; larger is a
+    /// 431. Default 32 KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: u32,
     /// Most client connections served at once; further ones wait in the accept queue.
@@ -660,6 +661,8 @@ impl ConfigError {
 pub struct Source {
     /// The path as the user gave it (printed in diagnostics).
     pub name: String,
+    /// The same path, for watching.
+    pub path: PathBuf,
     /// Directory that relative key file paths are resolved against.
     pub dir: PathBuf,
     pub text: String,
@@ -682,6 +685,7 @@ impl Source {
             .unwrap_or_else(|| PathBuf::from("."));
         Source {
             name: path.display().to_string(),
+            path: path.to_path_buf(),
             dir,
             text,
         }

@@ -1,0 +1,327 @@
+//! Prometheus metrics (`prometheus-client`), one registry per running gateway. The request
+//! path only touches atomics: per-route and per-upstream handles are looked up when a
+//! runtime is installed, never per request. Label values are bounded: route and upstream
+//! names from the config, fixed reason and result words — never paths.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// Upper bounds of the upstream latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A lock-free histogram: one atomic per bucket, the sum kept in microseconds.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// One slot per bound in `LATENCY_BUCKETS`, then +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let slot = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.inner.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.inner.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.inner.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let sum = self.inner.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let count = self.inner.count.load(Ordering::Relaxed);
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Request counters of one route, one per status class (1xx..5xx).
+#[derive(Clone, Debug)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+}
+
+impl RouteMetrics {
+    pub fn record(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+    }
+}
+
+/// Reasons a token or request can be refused, pre-registered so failures need no lookup.
+pub const AUTH_FAILURE_REASONS: [&str; 18] = [
+    "missing",
+    "too_large",
+    "malformed",
+    "encrypted",
+    "unsigned",
+    "forbidden_header",
+    "unknown_kid",
+    "wrong_algorithm",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "missing_claim",
+    "bad_claim",
+    "wrong_issuer",
+    "wrong_audience",
+    "insufficient_scope",
+    "invalid_credentials",
+    "rate_limited",
+];
+
+/// Every series the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    auth_failures: HashMap<&'static str, Counter>,
+    upstream_latency: Family<UpstreamLabels, LatencyHistogram>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    reloads: Family<ResultLabels, Counter>,
+    logins: Family<ResultLabels, Counter>,
+    pub config_loaded: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("authgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status class",
+            requests.clone(),
+        );
+        let failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for authentication or authorization, by reason",
+            failures.clone(),
+        );
+        let auth_failures = AUTH_FAILURE_REASONS
+            .iter()
+            .map(|r| {
+                let labels = ReasonLabels {
+                    reason: (*r).to_owned(),
+                };
+                (*r, failures.get_or_create(&labels).clone())
+            })
+            .collect();
+        let upstream_latency = Family::<UpstreamLabels, LatencyHistogram>::default();
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time from sending a request upstream to its response headers",
+            prometheus_client::registry::Unit::Seconds,
+            upstream_latency.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "claims_cache_hits",
+            "Tokens verified from the claims cache",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "claims_cache_misses",
+            "Tokens verified with a signature check",
+            cache_misses.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (ok or error)",
+            reloads.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&ResultLabels {
+                result: result.into(),
+            });
+        }
+        let logins = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "login_attempts",
+            "Login attempts, by result",
+            logins.clone(),
+        );
+        for result in [
+            "success",
+            "invalid_credentials",
+            "rate_limited",
+            "bad_request",
+        ] {
+            let _ = logins.get_or_create(&ResultLabels {
+                result: result.into(),
+            });
+        }
+        let config_loaded = Gauge::default();
+        registry.register(
+            "config_last_reload_success",
+            "1 when the last reload attempt succeeded, 0 when the running config is older than the file",
+            config_loaded.clone(),
+        );
+        config_loaded.set(1);
+        Metrics {
+            registry,
+            requests,
+            auth_failures,
+            upstream_latency,
+            cache_hits,
+            cache_misses,
+            reloads,
+            logins,
+            config_loaded,
+        }
+    }
+
+    /// Counter handles for a route name.
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: name.to_owned(),
+                    status: class.to_owned(),
+                })
+                .clone()
+        });
+        RouteMetrics { by_class }
+    }
+
+    pub fn upstream(&self, name: &str) -> LatencyHistogram {
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: name.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        if let Some(c) = self.auth_failures.get(reason) {
+            c.inc();
+        }
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+        self.config_loaded.set(i64::from(ok));
+    }
+
+    pub fn login(&self, result: &'static str) {
+        self.logins
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_with_bounded_labels() {
+        let m = Metrics::new();
+        m.route("admin").record(200);
+        m.route("admin").record(503);
+        m.upstream("app").observe(Duration::from_millis(3));
+        m.auth_failure("expired");
+        m.reload(false);
+        m.login("success");
+        m.cache_hits.inc();
+        let text = m.render();
+        for needle in [
+            "authgate_requests_total{route=\"admin\",status=\"2xx\"} 1",
+            "authgate_requests_total{route=\"admin\",status=\"5xx\"} 1",
+            "authgate_auth_failures_total{reason=\"expired\"} 1",
+            "authgate_upstream_duration_seconds_bucket{le=\"0.005\",upstream=\"app\"} 1",
+            "authgate_upstream_duration_seconds_count{upstream=\"app\"} 1",
+            "authgate_config_reloads_total{result=\"error\"} 1",
+            "authgate_login_attempts_total{result=\"success\"} 1",
+            "authgate_claims_cache_hits_total 1",
+            "authgate_config_last_reload_success 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}

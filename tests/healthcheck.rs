@@ -1,0 +1,420 @@
+//! `authgate healthcheck` against a real HTTP server standing in for the admin listener, and
+//! the Docker files: the Dockerfile's promises and the docker-compose example's config.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+fn authgate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    cmd.env_remove("AUTHGATE_CONFIG")
+        .env_remove("JWT_SECRET")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1:0, on its own thread and runtime, answering
+/// `GET /healthz` with `status` (and 404 to anything else, so a wrong request shows).
+fn admin_server(status: StatusCode) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| async move {
+                        let ok = req.method() == Method::GET
+                            && req.uri().path() == "/healthz"
+                            && req.headers().contains_key(http::header::HOST);
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+                        *resp.status_mut() = if ok { status } else { StatusCode::NOT_FOUND };
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// An address where nothing listens (bound, then released).
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn config_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn healthy_admin_listener_exits_0() {
+    let addr = admin_server(StatusCode::OK);
+    let out = authgate()
+        .args(["healthcheck", "--admin-addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn unhealthy_answer_exits_1_with_the_status() {
+    let addr = admin_server(StatusCode::SERVICE_UNAVAILABLE);
+    let out = authgate()
+        .args(["healthcheck", "--admin-addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("503") && err.contains(&addr.to_string()),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn dead_port_exits_1_quickly() {
+    let addr = dead_addr();
+    let start = Instant::now();
+    let out = authgate()
+        .args(["healthcheck", "--admin-addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+}
+
+#[test]
+fn silent_admin_listener_times_out_within_the_bound() {
+    // Accepts (the kernel does) but never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let start = Instant::now();
+    let out = authgate()
+        .args(["healthcheck", "--admin-addr", &addr.to_string()])
+        .output()
+        .unwrap();
+    drop(listener);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.contains("no answer"), "{err}");
+}
+
+#[test]
+fn bad_admin_addr_flag_exits_1() {
+    let out = authgate()
+        .args(["healthcheck", "--admin-addr", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("IP:PORT"), "{}", stderr(&out));
+}
+
+#[test]
+fn admin_listen_is_read_from_the_config() {
+    let addr = admin_server(StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(&dir, &format!("admin:\n  listen: \"{addr}\"\n"));
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // AUTHGATE_CONFIG works as for every other command (the Docker image sets it).
+    let out = authgate()
+        .arg("healthcheck")
+        .env("AUTHGATE_CONFIG", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn unspecified_admin_listen_is_reached_on_loopback() {
+    let addr = admin_server(StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(
+        &dir,
+        &format!("admin:\n  listen: \"0.0.0.0:{}\"\n", addr.port()),
+    );
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn admin_listen_expands_environment_variables() {
+    let addr = admin_server(StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let path = config_file(&dir, "admin:\n  listen: \"${AUTHGATE_TEST_ADMIN}\"\n");
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&path)
+        .env("AUTHGATE_TEST_ADMIN", addr.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A default is used when the variable is unset.
+    let path = config_file(
+        &dir,
+        &format!("admin:\n  listen: \"${{AUTHGATE_TEST_ADMIN_UNSET:-{addr}}}\"\n"),
+    );
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_config_invalid_for_authgate_still_gives_admin_listen() {
+    let addr = admin_server(StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    // Unknown keys, no tokens/upstreams/routes, an unset secret: `run` would refuse it.
+    let path = config_file(
+        &dir,
+        &format!(
+            "no_such_key: true\nadmin:\n  listen: \"{addr}\"\nrouts:\n  - name: half-typed\n    secret: \"${{AUTHGATE_TEST_NOT_SET}}\"\n"
+        ),
+    );
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A half-saved edit that breaks the YAML elsewhere: the admin block is still found.
+    let path = config_file(
+        &dir,
+        &format!("routes:\n  - name: [half\nadmin:\n  listen: \"{addr}\"\nupstreams: {{\n"),
+    );
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The flag wins over the config.
+    let path = config_file(&dir, "admin:\n  listen: \"127.0.0.1:1\"\n");
+    let out = authgate()
+        .args(["healthcheck", "--admin-addr", &addr.to_string(), "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn missing_or_unparsable_config_falls_back_to_the_default_admin_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.yaml");
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    // Something may happen to listen on 127.0.0.1:9090 here; only the failure message is
+    // checked, when there is a failure.
+    if !out.status.success() {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("127.0.0.1:9090"), "{}", stderr(&out));
+    }
+
+    let broken = config_file(&dir, "admin: [\n  listen: \"127.0.0.1:1\"\n");
+    let out = authgate()
+        .args(["healthcheck", "--config"])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("127.0.0.1:9090"), "{}", stderr(&out));
+    }
+}
+
+// --- The Docker files -------------------------------------------------------------------------
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn docker_compose_example_config_passes_check() {
+    let config = repo().join("examples/config/gateway.yaml");
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("JWT_SECRET", SECRET_HEX)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("http://whoami:80"), "{stdout}");
+
+    // Without JWT_SECRET it must refuse to start rather than sign with something guessable.
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("JWT_SECRET"), "{}", stderr(&out));
+}
+
+/// A 64-hex-character test value, as `openssl rand -hex 32` prints (test-only).
+const SECRET_HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn docker_compose_file_mounts_the_example_config() {
+    let compose = std::fs::read_to_string(repo().join("examples/docker-compose.yml")).unwrap();
+    for needle in [
+        "traefik/whoami",
+        "./config:/etc/authgate:ro",
+        "${JWT_SECRET:?",
+        "8080:8080",
+        "restart: unless-stopped",
+    ] {
+        assert!(compose.contains(needle), "missing {needle:?}");
+    }
+}
+
+#[test]
+fn dockerfile_is_locked_non_root_healthchecked_and_copies_only_what_exists() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let instructions = dockerfile_instructions(&dockerfile);
+    assert!(
+        instructions
+            .iter()
+            .any(|l| l.starts_with("HEALTHCHECK ") && l.contains(r#"["authgate", "healthcheck"]"#)),
+        "HEALTHCHECK"
+    );
+    assert!(
+        instructions
+            .iter()
+            .any(|l| l.starts_with("USER ") && !l.contains("root")),
+        "USER"
+    );
+    assert!(
+        dockerfile.contains("cargo build --release --locked"),
+        "--locked"
+    );
+    for needle in [
+        "AUTHGATE_CONFIG=/etc/authgate/gateway.yaml",
+        "EXPOSE 8080",
+        "STOPSIGNAL SIGTERM",
+        r#"ENTRYPOINT ["authgate"]"#,
+        r#"CMD ["run"]"#,
+    ] {
+        assert!(instructions.iter().any(|l| l.contains(needle)), "{needle}");
+    }
+
+    let mut copies = 0;
+    for line in &instructions {
+        let Some(args) = line.strip_prefix("COPY ") else {
+            continue;
+        };
+        // Copies from another stage are not paths in the repository.
+        let words: Vec<&str> = args
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--chown") && !w.starts_with("--chmod"))
+            .collect();
+        if words.iter().any(|w| w.starts_with("--from")) {
+            continue;
+        }
+        assert!(words.len() >= 2, "{line}");
+        for source in &words[..words.len() - 1] {
+            assert!(
+                repo().join(source).exists(),
+                "Dockerfile copies `{source}`, which is not in the repository"
+            );
+            copies += 1;
+        }
+    }
+    assert!(
+        copies >= 3,
+        "expected COPY of Cargo.toml, Cargo.lock, src, ..."
+    );
+
+    // Every file the build needs must survive .dockerignore.
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    for kept in ["src", "Cargo.toml", "Cargo.lock", "gateway.yaml"] {
+        assert!(
+            !ignore.lines().any(|l| l.trim().trim_matches('/') == kept),
+            ".dockerignore drops {kept}"
+        );
+    }
+}
+
+/// The Dockerfile's instructions, one string each: comments dropped, `\` continuations joined.
+fn dockerfile_instructions(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part.trim_end());
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                out.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,530 @@
+//! Operations: admin endpoints, metrics, request ids, hot reload (file watch and SIGHUP),
+//! in-flight requests across reloads, graceful shutdown on SIGTERM, JSON logs without secrets.
+mod common;
+use common::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+async fn admin(gw: &Gateway, path: &str) -> Reply {
+    send(gw.handle.admin_addr, "GET", path, &[], bytes::Bytes::new()).await
+}
+
+/// Polls `check` every 25 ms until it holds or 10 s pass.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let (up, gw) = (Upstream::start().await, None::<()>);
+    let _ = gw;
+    let gw = Gateway::start(STANDARD, &up.url()).await;
+    let r = admin(&gw, "/healthz").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok\n"));
+    assert_eq!(admin(&gw, "/readyz").await.status, 200);
+    assert_eq!(admin(&gw, "/nope").await.status, 404);
+
+    // With a JWKS provider that cannot be reached, the gateway is alive but not ready.
+    let dead = dead_addr().await;
+    let yaml = STANDARD.replace(
+        "  keys:\n",
+        &format!(
+            "  jwks:\n    - {{ url: \"http://{dead}/jwks\", issuer: \"https://idp/\" }}\n  keys:\n"
+        ),
+    );
+    let gw = Gateway::start(&yaml, &up.url()).await;
+    assert_eq!(admin(&gw, "/healthz").await.status, 200);
+    let r = admin(&gw, "/readyz").await;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains(&dead.to_string()), "{}", r.text());
+}
+
+#[tokio::test]
+async fn metrics_cover_requests_failures_latency_cache_reloads_and_logins() {
+    let up = Upstream::start().await;
+    let hash = authgate::login::hash_password("ops-test-password").unwrap();
+    let yaml = format!(
+        "{STANDARD}login:\n  users:\n    - {{ username: op, password_hash: \"{hash}\" }}\n"
+    );
+    let gw = Gateway::start(&yaml, &up.url()).await;
+    let t = token("alice", json!({"roles": ["admin"]}));
+    assert_eq!(gw.get_with_token("/app/a", &t).await.status, 200);
+    assert_eq!(gw.get_with_token("/app/b", &t).await.status, 200);
+    assert_eq!(
+        gw.get_with_token("/app/c", &token("a", json!({"exp": now() - 100})))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        gw.get_with_token("/admin", &token("bob", json!({})))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(gw.get("/nowhere", &[]).await.status, 404);
+    let body = json!({"username": "op", "password": "ops-test-password"}).to_string();
+    let r = send(
+        gw.addr(),
+        "POST",
+        "/auth/login",
+        &[("content-type", "application/json")],
+        body.into(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let body = json!({"username": "op", "password": "wrong"}).to_string();
+    let r = send(
+        gw.addr(),
+        "POST",
+        "/auth/login",
+        &[("content-type", "application/json")],
+        body.into(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    authgate::server::reload(&gw.handle.gateway, &gw.config_path());
+
+    let r = admin(&gw, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text();
+    let expect = [
+        ("authgate_requests_total{route=\"app\",status=\"2xx\"}", 2.0),
+        ("authgate_requests_total{route=\"app\",status=\"4xx\"}", 1.0),
+        (
+            "authgate_requests_total{route=\"admin\",status=\"4xx\"}",
+            1.0,
+        ),
+        (
+            "authgate_requests_total{route=\"(none)\",status=\"4xx\"}",
+            1.0,
+        ),
+        (
+            "authgate_requests_total{route=\"(login)\",status=\"2xx\"}",
+            1.0,
+        ),
+        ("authgate_auth_failures_total{reason=\"expired\"}", 1.0),
+        (
+            "authgate_auth_failures_total{reason=\"insufficient_scope\"}",
+            1.0,
+        ),
+        (
+            "authgate_auth_failures_total{reason=\"invalid_credentials\"}",
+            1.0,
+        ),
+        (
+            "authgate_upstream_duration_seconds_count{upstream=\"app\"}",
+            2.0,
+        ),
+        ("authgate_claims_cache_hits_total", 1.0),
+        ("authgate_claims_cache_misses_total", 3.0),
+        ("authgate_config_reloads_total{result=\"ok\"}", 1.0),
+        ("authgate_login_attempts_total{result=\"success\"}", 1.0),
+        (
+            "authgate_login_attempts_total{result=\"invalid_credentials\"}",
+            1.0,
+        ),
+    ];
+    for (series, want) in expect {
+        assert_eq!(metric(&text, series), want, "{series} in\n{text}");
+    }
+    assert!(
+        text.contains("authgate_upstream_duration_seconds_bucket{le=\"+Inf\",upstream=\"app\"} 2"),
+        "{text}"
+    );
+    assert!(!text.contains("/app/a"), "paths never become label values");
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_when_sane_and_generated_otherwise() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(STANDARD, &up.url()).await;
+    let r = gw
+        .get("/public/a", &[("x-request-id", "abc-123.def_4:5")])
+        .await;
+    assert_eq!(r.headers["x-request-id"], "abc-123.def_4:5");
+    assert_eq!(up.only().headers["x-request-id"], "abc-123.def_4:5");
+    up.clear();
+    for bad in ["has space", &"x".repeat(200), "semi;colon"] {
+        let r = gw.get("/public/a", &[("x-request-id", bad)]).await;
+        let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, bad);
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(up.only().headers["x-request-id"], id.as_str());
+        up.clear();
+    }
+    let r = gw.get("/nowhere", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.headers["x-request-id"].len(),
+        32,
+        "refusals carry an id too"
+    );
+}
+
+#[tokio::test]
+async fn file_edits_reload_and_invalid_edits_keep_the_old_rules() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(STANDARD, &up.url()).await;
+    authgate::server::watch_files(gw.handle.gateway.clone(), gw.config_path()).unwrap();
+    let path = gw.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(gw.get("/new/x", &[]).await.status, 404);
+
+    // A route added on disk takes effect.
+    let added = format!(
+        "{original}  - name: new\n    match: {{ path_prefix: /new }}\n    upstream: app\n    auth: none\n"
+    );
+    std::fs::write(&path, &added).unwrap();
+    eventually("the new route", || async {
+        gw.get("/new/x", &[]).await.status == 200
+    })
+    .await;
+
+    // An invalid edit is counted and the running rules keep serving.
+    std::fs::write(
+        &path,
+        added.replace(
+            "upstream: app\n    auth: none",
+            "upstream: nowhere\n    auth: none",
+        ),
+    )
+    .unwrap();
+    eventually("the failed reload to be counted", || async {
+        metric(
+            &admin(&gw, "/metrics").await.text(),
+            "authgate_config_reloads_total{result=\"error\"}",
+        ) == 1.0
+    })
+    .await;
+    assert_eq!(
+        gw.get("/new/x", &[]).await.status,
+        200,
+        "the old rules still serve"
+    );
+    assert!(
+        admin(&gw, "/metrics")
+            .await
+            .text()
+            .contains("authgate_config_last_reload_success 0")
+    );
+
+    // An editor that saves by writing a new file and renaming it over the old one.
+    let tmp = path.with_extension("yaml.swp");
+    std::fs::write(&tmp, &original).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    eventually("the route to go away", || async {
+        gw.get("/new/x", &[]).await.status == 404
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(STANDARD, &up.url()).await;
+    let addr = gw.addr();
+    let slow =
+        tokio::spawn(
+            async move { send(addr, "GET", "/public/slow", &[], bytes::Bytes::new()).await },
+        );
+    eventually("the slow request to reach the upstream", || async {
+        !up.seen().is_empty()
+    })
+    .await;
+    // Remove the public route while the request is in flight.
+    let without_public = STANDARD.replace("  - name: public\n    match: { path_prefix: /public }\n    upstream: app\n    auth: none\n", "");
+    std::fs::write(
+        gw.config_path(),
+        without_public
+            .replace("{UPSTREAM}", &up.url())
+            .replace("{SECRET}", SECRET),
+    )
+    .unwrap();
+    assert!(authgate::server::reload(
+        &gw.handle.gateway,
+        &gw.config_path()
+    ));
+    assert_eq!(
+        gw.get("/public/other", &[]).await.status,
+        404,
+        "new requests see the new rules"
+    );
+    let r = slow.await.unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "the in-flight request completes: {}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn a_key_removed_by_a_reload_invalidates_its_tokens_cache_included() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(STANDARD, &up.url()).await;
+    let t = token("alice", json!({}));
+    assert_eq!(gw.get_with_token("/app", &t).await.status, 200);
+    assert_eq!(
+        gw.get_with_token("/app", &t).await.status,
+        200,
+        "now cached"
+    );
+    let rotated = STANDARD
+        .replace("{UPSTREAM}", &up.url())
+        .replace("{SECRET}", "a-different-test-only-secret-0123456789abcdef");
+    std::fs::write(gw.config_path(), rotated).unwrap();
+    assert!(authgate::server::reload(
+        &gw.handle.gateway,
+        &gw.config_path()
+    ));
+    gw.get_with_token("/app", &t)
+        .await
+        .assert_error(401, "invalid_token", "signature");
+    assert_eq!(up.seen().len(), 2);
+}
+
+/// The real binary, with its stderr (JSON logs) collected by a thread.
+struct Running {
+    child: Child,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn start_binary(config: &std::path::Path) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(config)
+        .env_remove("AUTHGATE_CONFIG")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (addr, admin) = loop {
+        let line = lines.next().expect("exited before listening").unwrap();
+        logs.lock().unwrap().push(line.clone());
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if v["message"] == "authgate listening" {
+            break (
+                v["addr"].as_str().unwrap().parse().unwrap(),
+                v["admin"].as_str().unwrap().parse().unwrap(),
+            );
+        }
+    };
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Running {
+        child,
+        addr,
+        admin,
+        logs,
+    }
+}
+
+fn binary_config(dir: &tempfile::TempDir, upstream: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.yaml");
+    let text = STANDARD
+        .replace("{UPSTREAM}", upstream)
+        .replace("{SECRET}", SECRET)
+        .replace(
+            "listen: \"127.0.0.1:0\"",
+            "listen: \"127.0.0.1:0\"\nadmin: { listen: \"127.0.0.1:0\" }",
+        );
+    std::fs::write(&path, format!("{text}{extra}")).unwrap();
+    path
+}
+
+fn signal(child: &Child, sig: &str) {
+    assert!(
+        Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_even_without_a_file_change() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_binary(&binary_config(&dir, &up.url(), ""));
+    signal(&gw.child, "-HUP");
+    let admin = gw.admin;
+    eventually("a reload counted after SIGHUP", || async move {
+        let text = send(admin, "GET", "/metrics", &[], bytes::Bytes::new())
+            .await
+            .text();
+        metric(&text, "authgate_config_reloads_total{result=\"ok\"}") == 1.0
+    })
+    .await;
+    signal(&gw.child, "-TERM");
+    assert!(gw.child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_slow_request_finish_then_exits_0() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_binary(&binary_config(&dir, &up.url(), ""));
+    let addr = gw.addr;
+    let slow =
+        tokio::spawn(
+            async move { send(addr, "GET", "/public/slow", &[], bytes::Bytes::new()).await },
+        );
+    eventually("the slow request to reach the upstream", || async {
+        !up.seen().is_empty()
+    })
+    .await;
+    signal(&gw.child, "-TERM");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = tokio::task::spawn_blocking(move || gw.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = "never-log-this-password-42";
+    let hash = authgate::login::hash_password(password).unwrap();
+    let extra =
+        format!("login:\n  users:\n    - {{ username: logme, password_hash: \"{hash}\" }}\n");
+    let mut gw = start_binary(&binary_config(&dir, &up.url(), &extra));
+    let t = token("alice", json!({}));
+    let auth = format!("Bearer {t}");
+    let r = send(
+        gw.addr,
+        "GET",
+        "/app/x?access_token=query-secret-value",
+        &[
+            ("authorization", &auth),
+            ("cookie", "session=cookie-secret-value"),
+        ],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = send(
+        gw.addr,
+        "GET",
+        "/app/x",
+        &[("authorization", "Bearer not.a.jwt")],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let body = json!({"username": "logme", "password": password}).to_string();
+    let r = send(
+        gw.addr,
+        "POST",
+        "/auth/login",
+        &[("content-type", "application/json")],
+        body.into(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let issued = r.json()["access_token"].as_str().unwrap().to_owned();
+    let wrong = json!({"username": "logme", "password": format!("{password}-wrong")}).to_string();
+    send(
+        gw.addr,
+        "POST",
+        "/auth/login",
+        &[("content-type", "application/json")],
+        wrong.into(),
+    )
+    .await;
+    signal(&gw.child, "-TERM");
+    assert!(gw.child.wait().unwrap().success());
+    // The reader thread has seen EOF once the process is gone; give it a moment to finish.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !gw
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("\"stopped\""))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = gw.logs.lock().unwrap().clone();
+    let mut access = 0;
+    for line in &logs {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        for secret in [
+            t.as_str(),
+            issued.as_str(),
+            password,
+            "query-secret-value",
+            "cookie-secret-value",
+            "not.a.jwt",
+            SECRET,
+        ] {
+            assert!(
+                !line.contains(secret),
+                "a log line leaks {secret:?}: {line}"
+            );
+        }
+        if v["message"] == "request" {
+            access += 1;
+            for field in [
+                "method",
+                "path",
+                "route",
+                "status",
+                "latency_ms",
+                "sub",
+                "upstream",
+                "request_id",
+            ] {
+                assert!(v.get(field).is_some(), "access log without {field}: {line}");
+            }
+        }
+    }
+    assert_eq!(access, 4, "one line per request:\n{}", logs.join("\n"));
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("\"sub\":\"alice\"") && l.contains("\"path\":\"/app/x\""))
+    );
+}
