@@ -322,7 +322,14 @@ struct Running {
 
 fn start_binary(config: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .args(["--log-format", "json", "run", "--config"])
+        .args([
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "run",
+            "--config",
+        ])
         .arg(config)
         .env_remove("AUTHGATE_CONFIG")
         .env_remove("RUST_LOG")
@@ -527,4 +534,70 @@ async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
         logs.iter()
             .any(|l| l.contains("\"sub\":\"alice\"") && l.contains("\"path\":\"/app/x\""))
     );
+}
+
+const LIMITS: &str =
+    "server:\n  header_read_timeout: 500ms\n  max_connections: 1\n  max_header_bytes: 8192\n";
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_large_heads_get_431() {
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!("{LIMITS}{STANDARD}"), &up.url()).await;
+    // Slowloris: a request head that never completes is closed after header_read_timeout.
+    let started = Instant::now();
+    let (status, _) = raw(
+        gw.addr(),
+        b"GET /public/x HTTP/1.1\r\nHost: gw\r\nX-Slow: 1",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    assert!(status == 0 || status == 408, "status {status}");
+    // A head larger than max_header_bytes.
+    let big = format!(
+        "GET /public/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let (status, _) = raw(gw.addr(), big.as_bytes()).await;
+    assert_eq!(status, 431);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&format!("{LIMITS}{STANDARD}"), &up.url()).await;
+    // The first connection holds the only slot (kept alive after its request).
+    let mut first = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    first
+        .write_all(b"GET /public/1 HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A second connection is not served while the first is open...
+    let addr = gw.addr();
+    let second = tokio::spawn(async move {
+        raw(
+            addr,
+            b"GET /public/2 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // give it a chance to be (wrongly) served
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "the second connection was served over the limit"
+    );
+    // ...and is served once the first one closes.
+    drop(first);
+    let (status, _) = second.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(up.seen().len(), 2);
 }
