@@ -231,6 +231,7 @@ fn binary_serves_the_shipped_config_out_of_the_box_and_stops_on_sigterm() {
     let mut child = authgate()
         .args(["--log-format", "json", "--config", shipped])
         .env("AUTHGATE_LISTEN", "127.0.0.1:0")
+        .env("AUTHGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
