@@ -45,6 +45,15 @@ pub enum GatewayError {
     InvalidCredentials,
     #[error("internal error")]
     Internal,
+    #[error("this form was sent from another site")]
+    CrossSite,
+    /// A browser navigation without a usable session: off to the login page.
+    #[error("sign in first")]
+    LoginRedirect {
+        location: HeaderValue,
+        /// Why there was no usable session (for logs and metrics).
+        reason: TokenError,
+    },
 }
 
 impl GatewayError {
@@ -64,6 +73,8 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::CrossSite => StatusCode::FORBIDDEN,
+            GatewayError::LoginRedirect { .. } => StatusCode::FOUND,
         }
     }
 
@@ -82,13 +93,15 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "too_many_requests",
             GatewayError::InvalidCredentials => "invalid_credentials",
             GatewayError::Internal => "internal_error",
+            GatewayError::CrossSite => "cross_site_request",
+            GatewayError::LoginRedirect { .. } => "login_required",
         }
     }
 
     /// A short fixed label for logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            GatewayError::Token(t) => t.reason(),
+            GatewayError::Token(t) | GatewayError::LoginRedirect { reason: t, .. } => t.reason(),
             GatewayError::Forbidden(_) => "insufficient_scope",
             other => other.code(),
         }
@@ -102,6 +115,13 @@ impl GatewayError {
         let status = self.status();
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut resp = json_response(status, &body);
+        self.add_headers(resp.headers_mut());
+        resp
+    }
+
+    /// The headers that go with this error whatever the body: `WWW-Authenticate` (RFC 6750
+    /// §3), `Allow`, `Retry-After`, `Location`.
+    pub fn add_headers(&self, headers: &mut http::HeaderMap) {
         let challenge = match self {
             GatewayError::Token(_) => Some("Bearer realm=\"authgate\", error=\"invalid_token\""),
             GatewayError::Forbidden(_) => {
@@ -110,7 +130,6 @@ impl GatewayError {
             GatewayError::InvalidCredentials => Some("Bearer realm=\"authgate\""),
             _ => None,
         };
-        let headers = resp.headers_mut();
         if let Some(c) = challenge {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
@@ -123,9 +142,11 @@ impl GatewayError {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 headers.insert(RETRY_AFTER, HeaderValue::from(secs));
             }
+            GatewayError::LoginRedirect { location, .. } => {
+                headers.insert(http::header::LOCATION, location.clone());
+            }
             _ => {}
         }
-        resp
     }
 }
 

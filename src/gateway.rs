@@ -1,5 +1,6 @@
 //! The per-request pipeline, in a fixed order:
-//! target → route → token → allow → rewrite headers → forward → log.
+//! target → gateway endpoints (login, logout, JWKS) → route → token → allow → rewrite
+//! headers → forward (or tunnel a WebSocket) → log.
 //! Each step either hands the request on or ends it with one [`GatewayError`].
 
 use std::net::SocketAddr;
@@ -9,24 +10,38 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use http::header::{AUTHORIZATION, HOST, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{HeaderMap, Request, Response, Version};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
+use crate::auth::issue::{IssueOptions, RESERVED_CLAIMS, issue};
+use crate::auth::verify::unix_now;
 use crate::auth::{TokenError, VerifiedToken};
 use crate::config::AuthMode;
+use crate::credentials::{self, TokenSource};
 use crate::error::GatewayError;
+use crate::login::LoginRequest;
+use crate::login_page;
 use crate::metrics::Metrics;
 use crate::path::{normalize, strip_segments};
 use crate::proxy::forward::stream;
 use crate::proxy::headers::{remove_hop_by_hop, set_forwarded};
-use crate::proxy::{Body, echo};
+use crate::proxy::{Body, echo, upgrade};
 use crate::runtime::{Route, Runtime, Target};
+use crate::session::{
+    Revoked, encode_component, is_navigation, safe_next, same_origin, strip_session_cookie,
+};
+use http_body_util::BodyExt;
+use tokio_util::task::TaskTracker;
 
 /// Shared state of a running gateway: the current runtime, swapped whole on reload, and the
 /// metrics, which outlive runtimes.
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     metrics: Metrics,
+    /// Token ids revoked by logout (kept across reloads).
+    revoked: Revoked,
+    /// Upgraded (WebSocket) connections, so shutdown can wait for them.
+    tunnels: TaskTracker,
 }
 
 /// Which part of the gateway answered.
@@ -35,6 +50,7 @@ enum Answered {
     #[default]
     Unmatched,
     Login,
+    Logout,
     Jwks,
     Route(usize),
 }
@@ -50,6 +66,11 @@ struct Outcome {
     token: Option<Arc<VerifiedToken>>,
     /// The user who logged in (login route).
     user: Option<String>,
+    /// A `Set-Cookie` to add to whatever the answer is (clearing a bad session cookie, or a
+    /// sliding-session refresh).
+    set_cookie: Option<HeaderValue>,
+    /// A failure answered with a page rather than an error (login form), for the metrics.
+    error: Option<GatewayError>,
 }
 
 /// Where the public keys of asymmetric signing keys are published (RFC 7517 JWK Set).
@@ -106,7 +127,14 @@ impl Gateway {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
+            revoked: Revoked::default(),
+            tunnels: TaskTracker::new(),
         })
+    }
+
+    /// Upgraded connections still open (shutdown waits for them, up to the grace period).
+    pub fn tunnels(&self) -> &TaskTracker {
+        &self.tunnels
     }
 
     /// The runtime new requests will use.
@@ -130,13 +158,17 @@ impl Gateway {
             let counters = match outcome.answered {
                 Answered::Unmatched => &bound.unmatched,
                 Answered::Login => &bound.login,
+                Answered::Logout => &bound.logout,
                 Answered::Jwks => &bound.jwks,
                 Answered::Route(i) => &bound.routes[i],
             };
             counters.record(status);
         }
         match err {
-            Some(GatewayError::Token(reason)) => self.metrics.auth_failure(reason.reason()),
+            Some(GatewayError::Token(reason) | GatewayError::LoginRedirect { reason, .. }) => {
+                self.metrics.auth_failure(reason.reason())
+            }
+            Some(GatewayError::CrossSite) => self.metrics.auth_failure("cross_site_request"),
             Some(GatewayError::Forbidden(_)) => self.metrics.auth_failure("insufficient_scope"),
             Some(GatewayError::InvalidCredentials) => {
                 self.metrics.auth_failure("invalid_credentials")
@@ -166,10 +198,13 @@ impl Gateway {
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let mut outcome = Outcome::default();
-        let (mut resp, err) = match process(&rt, req, peer, &mut outcome).await {
-            Ok(resp) => (resp, None),
+        let (mut resp, err) = match process(self, &rt, req, peer, &mut outcome).await {
+            Ok(resp) => (resp, outcome.error.take()),
             Err(err) => (err.into_response_ref(), Some(err)),
         };
+        if let Some(cookie) = outcome.set_cookie.take() {
+            resp.headers_mut().append(http::header::SET_COOKIE, cookie);
+        }
         let status = resp.status().as_u16();
         self.record(&rt, &outcome, err.as_ref(), status);
         resp.headers_mut()
@@ -218,49 +253,27 @@ fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, Gat
     }
 }
 
-/// The bearer token, if any. Several `Authorization` headers, or several tokens in one, are
-/// refused: which one a backend would pick is anyone's guess.
-fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(GatewayError::BadRequest("several Authorization headers"));
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| GatewayError::Token(TokenError::Malformed))?
-        .trim();
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        // Another scheme (Basic, Digest...) carries no token of ours.
-        return Ok(None);
-    }
-    let token = rest.trim();
-    if token.is_empty() {
-        return Err(GatewayError::Token(TokenError::Malformed));
-    }
-    if token.contains([' ', ',', '\t']) {
-        return Err(GatewayError::BadRequest(
-            "several tokens in the Authorization header",
-        ));
-    }
-    Ok(Some(token))
-}
-
-/// Runs the route's auth mode: the verified token when there is one.
+/// Runs the route's auth mode and the revocation list: the verified token when there is one.
 async fn authenticate(
+    gw: &Gateway,
     rt: &Runtime,
     route: &Route,
     token: Option<&str>,
-) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
-    match (route.auth, token) {
-        (AuthMode::None, _) => Ok(None),
-        (_, Some(token)) => Ok(Some(rt.verifier.verify(token).await?)),
-        (AuthMode::Required, None) => Err(TokenError::Missing.into()),
-        (AuthMode::Optional, None) => Ok(None),
+) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
+    let verified = match (route.auth, token) {
+        (AuthMode::None, _) => return Ok(None),
+        (_, Some(token)) => rt.verifier.verify(token).await?,
+        (AuthMode::Required, None) => return Err(TokenError::Missing),
+        (AuthMode::Optional, None) => return Ok(None),
+    };
+    if verified
+        .jti
+        .as_deref()
+        .is_some_and(|jti| gw.revoked.is_revoked(jti))
+    {
+        return Err(TokenError::Revoked);
     }
+    Ok(Some(verified))
 }
 
 /// Runs the route's `allow` rules on every request (cached tokens included).
@@ -275,6 +288,95 @@ fn check_allow(route: &Route, verified: Option<&VerifiedToken>) -> Result<(), Ga
         Some(rule) => Err(GatewayError::Forbidden(rule.claim.as_str().to_owned())),
         None => Ok(()),
     }
+}
+
+/// Where a browser without a usable session is sent: the login page, with the page it asked
+/// for in `next`.
+fn login_redirect(
+    rt: &Runtime,
+    path: &str,
+    query: Option<&str>,
+    reason: TokenError,
+) -> Option<GatewayError> {
+    let login = rt.login.as_ref()?;
+    let mut next = path.to_owned();
+    if let Some(q) = query {
+        next.push('?');
+        next.push_str(q);
+    }
+    let location = format!("{}?next={}", login.path, encode_component(safe_next(&next)));
+    Some(GatewayError::LoginRedirect {
+        location: HeaderValue::from_str(&location).ok()?,
+        reason,
+    })
+}
+
+/// Sliding session: a fresh cookie when a cookie token issued by authgate is close to expiry.
+fn refreshed_cookie(rt: &Runtime, token: &VerifiedToken) -> Option<HeaderValue> {
+    let before = rt.cookie.refresh_before?;
+    if !token.local || token.exp.saturating_sub(unix_now()) >= before.as_secs() {
+        return None;
+    }
+    let sub = token.sub.as_deref()?;
+    let mut claims = token.claims.clone();
+    for reserved in RESERVED_CLAIMS {
+        claims.remove(reserved);
+    }
+    let options = IssueOptions {
+        issuer: rt.tokens.issuer.as_deref(),
+        audience: rt.tokens.audience.as_deref(),
+        ttl: rt.tokens.ttl,
+    };
+    let fresh = issue(rt.verifier.keys(), &options, sub, claims).ok()?;
+    rt.cookie.set(&fresh, rt.tokens.ttl)
+}
+
+/// `POST {login.logout_path}`: revokes the token (until its `exp`), clears the cookie, then
+/// sends a browser to the login page or answers an API client 204.
+async fn logout(
+    gw: &Gateway,
+    rt: &Runtime,
+    login: &crate::login::Login,
+    parts: &http::request::Parts,
+    host: Option<&str>,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, GatewayError> {
+    if parts.method != http::Method::POST {
+        return Err(GatewayError::MethodNotAllowed("POST"));
+    }
+    if !same_origin(&parts.headers, host) {
+        return Err(GatewayError::CrossSite);
+    }
+    let found = credentials::token(&parts.headers, &rt.cookie.name)?;
+    if let Some((token, _)) = found
+        && let Ok(verified) = rt.verifier.verify(token).await
+    {
+        if let Some(jti) = &verified.jti {
+            gw.revoked.revoke(jti, verified.exp);
+        }
+        outcome.token = Some(verified);
+    }
+    let from_browser = matches!(found, Some((_, TokenSource::Cookie)))
+        || is_navigation(&http::Method::GET, &parts.headers)
+        || parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let mut resp = if from_browser {
+        let mut r = login_page::response(http::StatusCode::SEE_OTHER, String::new());
+        if let Ok(location) = HeaderValue::from_str(&login.path) {
+            r.headers_mut().insert(http::header::LOCATION, location);
+        }
+        r
+    } else {
+        let mut r = Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+        *r.status_mut() = http::StatusCode::NO_CONTENT;
+        r
+    };
+    resp.headers_mut()
+        .append(http::header::SET_COOKIE, rt.cookie.clear());
+    Ok(resp)
 }
 
 /// The path sent upstream: the normalized path, less `strip_prefix`, under the base path.
@@ -299,6 +401,7 @@ fn upstream_path(
 }
 
 async fn process(
+    gw: &Gateway,
     rt: &Runtime,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -311,27 +414,35 @@ async fn process(
         ));
     }
     let host = request_host(&parts)?;
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let path = normalize(parts.uri.path())?;
     outcome.path = Some(path.clone().into_owned());
 
     // The gateway's own endpoints come before the routes.
-    if let Some(login) = &rt.login
-        && *path == *login.path
-    {
-        outcome.route = Some(Arc::from("(login)"));
-        outcome.answered = Answered::Login;
-        let (resp, user) = login
-            .handle(
-                &parts.method,
-                &parts.headers,
+    if let Some(login) = &rt.login {
+        if *path == *login.path {
+            outcome.route = Some(Arc::from("(login)"));
+            outcome.answered = Answered::Login;
+            let request = LoginRequest {
+                method: &parts.method,
+                headers: &parts.headers,
+                host: host_str,
+                query: parts.uri.query(),
                 body,
                 peer,
-                rt.verifier.keys(),
-                &rt.tokens,
-            )
-            .await?;
-        outcome.user = Some(user);
-        return Ok(resp);
+            };
+            let answer = login
+                .handle(request, rt.verifier.keys(), &rt.tokens, &rt.cookie)
+                .await;
+            outcome.user = answer.user;
+            outcome.error = answer.error;
+            return Ok(answer.response);
+        }
+        if *path == *login.logout_path {
+            outcome.route = Some(Arc::from("(logout)"));
+            outcome.answered = Answered::Logout;
+            return logout(gw, rt, login, &parts, host_str, outcome).await;
+        }
     }
     if *path == *JWKS_PATH
         && let Some(jwks) = &rt.jwks
@@ -341,7 +452,6 @@ async fn process(
         return Ok(jwks_response(jwks));
     }
 
-    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let (index, route) = rt
         .routes
         .find(&parts.method, host_str, &path)
@@ -349,10 +459,37 @@ async fn process(
     outcome.route = Some(route.name.clone());
     outcome.answered = Answered::Route(index);
 
-    let token = bearer_token(&parts.headers)?;
-    let verified = authenticate(rt, route, token).await?;
+    let found = credentials::token(&parts.headers, &rt.cookie.name)?;
+    let from_cookie = matches!(found, Some((_, TokenSource::Cookie)));
+    let navigation = is_navigation(&parts.method, &parts.headers);
+    let refused = |reason: TokenError, outcome: &mut Outcome| {
+        if from_cookie {
+            outcome.set_cookie = Some(rt.cookie.clear());
+        }
+        if navigation
+            && let Some(redirect) = login_redirect(rt, &path, parts.uri.query(), reason.clone())
+        {
+            return redirect;
+        }
+        GatewayError::Token(reason)
+    };
+    let verified = match authenticate(gw, rt, route, found.map(|(t, _)| t)).await {
+        Ok(v) => v,
+        // An optional route treats an unusable session cookie as no session.
+        Err(_) if from_cookie && route.auth == AuthMode::Optional => {
+            outcome.set_cookie = Some(rt.cookie.clear());
+            None
+        }
+        Err(reason) => return Err(refused(reason, outcome)),
+    };
     outcome.token = verified.clone();
-    check_allow(route, verified.as_deref())?;
+    match check_allow(route, verified.as_deref()) {
+        Err(GatewayError::Token(reason)) => return Err(refused(reason, outcome)),
+        other => other?,
+    }
+    if from_cookie && let Some(v) = &verified {
+        outcome.set_cookie = refreshed_cookie(rt, v);
+    }
 
     // Render every injected value before touching the request: a claim that cannot be a
     // header fails the request rather than being dropped or passed through raw.
@@ -378,6 +515,12 @@ async fn process(
         }
         Target::Echo => upstream_path(route, "", &path, parts.uri.query())?,
     };
+    let websocket = upgrade::is_websocket(&parts.headers);
+    let client_upgrade = if websocket {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
 
     // Strip, then inject: hop-by-hop and `Connection`-named headers go first, then every
     // spelling of every injected name, and only then the gateway's own values are added, so
@@ -387,6 +530,7 @@ async fn process(
     rt.strip.strip(headers);
     if !route.forward_token {
         headers.remove(AUTHORIZATION);
+        strip_session_cookie(headers, &rt.cookie.name);
     }
     set_forwarded(headers, peer.ip(), host.as_ref());
     if let Some(h) = &host {
@@ -395,6 +539,9 @@ async fn process(
     }
     for (name, value) in injected {
         headers.insert(name.clone(), value);
+    }
+    if client_upgrade.is_some() {
+        upgrade::restore_upgrade_headers(headers);
     }
     parts.version = Version::HTTP_11;
 
@@ -424,52 +571,18 @@ async fn process(
             result?
         }
     };
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(resp.headers_mut());
-    Ok(resp.map(stream))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(values: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+    if switching {
+        match client_upgrade {
+            Some(client) => {
+                upgrade::restore_upgrade_headers(resp.headers_mut());
+                let upstream_io = hyper::upgrade::on(&mut resp);
+                gw.tunnels.spawn(upgrade::tunnel(client, upstream_io));
+            }
+            // A 101 the client never asked for cannot be honoured.
+            None => return Err(GatewayError::UpstreamFailed),
         }
-        h
     }
-
-    #[test]
-    fn bearer_scheme_is_case_insensitive_and_single() {
-        assert_eq!(
-            bearer_token(&headers(&["Bearer abc"])).unwrap(),
-            Some("abc")
-        );
-        assert_eq!(
-            bearer_token(&headers(&["bEaReR   abc "])).unwrap(),
-            Some("abc")
-        );
-        assert_eq!(
-            bearer_token(&headers(&["Basic dXNlcjpwYXNz"])).unwrap(),
-            None
-        );
-        assert_eq!(bearer_token(&headers(&[])).unwrap(), None);
-        assert!(matches!(
-            bearer_token(&headers(&["Bearer a", "Bearer b"])),
-            Err(GatewayError::BadRequest(_))
-        ));
-        assert!(matches!(
-            bearer_token(&headers(&["Bearer a, Bearer b"])),
-            Err(GatewayError::BadRequest(_))
-        ));
-        assert!(matches!(
-            bearer_token(&headers(&["Bearer a b"])),
-            Err(GatewayError::BadRequest(_))
-        ));
-        assert!(matches!(
-            bearer_token(&headers(&["Bearer"])),
-            Err(GatewayError::Token(_))
-        ));
-    }
+    Ok(resp.map(stream))
 }

@@ -14,7 +14,7 @@ use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use http::header::CONTENT_TYPE;
+use http::header::{CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -25,8 +25,10 @@ use tokio::sync::Semaphore;
 use crate::auth::issue::{IssueOptions, RESERVED_CLAIMS, issue};
 use crate::config::{Diagnostic, KeyPath, RawLogin, RawRate, RawUser, Source};
 use crate::error::{GatewayError, json_response};
+use crate::login_page;
 use crate::proxy::Body;
 use crate::runtime::TokenSettings;
+use crate::session::{CookieSettings, safe_next, same_origin};
 
 /// Longest username and password accepted (400 beyond), before any hashing.
 pub const MAX_USERNAME: usize = 256;
@@ -40,6 +42,11 @@ struct User {
 /// The compiled login route.
 pub struct Login {
     pub path: String,
+    pub logout_path: String,
+    /// The login page's HTML template.
+    template: String,
+    /// The template file, when there is one (watched for reloads).
+    pub template_file: Option<PathBuf>,
     users: HashMap<String, User>,
     /// Verified when the username is unknown, so that costs what a wrong password costs.
     dummy_hash: String,
@@ -213,6 +220,40 @@ pub fn compile(raw: &RawLogin, src: &Source) -> Result<Login, Vec<Diagnostic>> {
         }
         users_file = Some(file_path);
     }
+    let logout_path = raw.logout_path.as_str().to_owned();
+    if crate::path::normalize(&logout_path)
+        .map(|n| n != logout_path)
+        .unwrap_or(true)
+    {
+        errors.push(src.diagnostic(
+            &at.key("logout_path"),
+            format!("`{logout_path}` is not a normalized absolute path"),
+        ));
+    } else if logout_path == path {
+        errors.push(src.diagnostic(&at.key("logout_path"), "must differ from `path`"));
+    }
+    let mut template_file = None;
+    let template = match &raw.page_template {
+        None => login_page::DEFAULT_TEMPLATE.to_owned(),
+        Some(file) => {
+            let file_path = src.resolve(file.as_str());
+            let text = std::fs::read_to_string(&file_path).unwrap_or_else(|e| {
+                errors.push(src.diagnostic(
+                    &at.key("page_template"),
+                    format!("cannot read {}: {e}", file_path.display()),
+                ));
+                String::new()
+            });
+            if !text.is_empty() && !text.contains("{{action}}") {
+                errors.push(src.diagnostic(
+                    &at.key("page_template"),
+                    "the template has no `{{action}}`: its form would not post to the login route",
+                ));
+            }
+            template_file = Some(file_path);
+            text
+        }
+    };
     let rate = &raw.rate_limit;
     let per_client = quota(rate.per_client);
     let per_username = quota(rate.per_username);
@@ -250,6 +291,9 @@ pub fn compile(raw: &RawLogin, src: &Source) -> Result<Login, Vec<Diagnostic>> {
     let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(Login {
         path,
+        logout_path,
+        template,
+        template_file,
         users,
         dummy_hash,
         max_body: raw.max_body_bytes,
@@ -264,6 +308,8 @@ pub fn compile(raw: &RawLogin, src: &Source) -> Result<Login, Vec<Diagnostic>> {
 struct Credentials {
     username: String,
     password: String,
+    /// Where a browser goes after logging in (form field; validated before use).
+    next: Option<String>,
 }
 
 /// The address the per-client limit is keyed on: the socket peer, or — when the peer is a
@@ -333,16 +379,18 @@ fn parse_credentials(form: &Form, body: &[u8]) -> Result<Credentials, GatewayErr
                 (Some(Value::String(u)), Some(Value::String(p))) => Credentials {
                     username: u.clone(),
                     password: p.clone(),
+                    next: None,
                 },
                 _ => return Err(GatewayError::BadRequest(SHAPE)),
             }
         }
         Form::UrlEncoded => {
-            let (mut username, mut password) = (None, None);
+            let (mut username, mut password, mut next) = (None, None, None);
             for (k, v) in form_urlencoded::parse(body) {
                 let slot = match &*k {
                     "username" => &mut username,
                     "password" => &mut password,
+                    "next" => &mut next,
                     _ => continue,
                 };
                 if slot.replace(v.into_owned()).is_some() {
@@ -352,7 +400,11 @@ fn parse_credentials(form: &Form, body: &[u8]) -> Result<Credentials, GatewayErr
                 }
             }
             match (username, password) {
-                (Some(username), Some(password)) => Credentials { username, password },
+                (Some(username), Some(password)) => Credentials {
+                    username,
+                    password,
+                    next,
+                },
                 _ => {
                     return Err(GatewayError::BadRequest(
                         "expected form fields `username` and `password`",
@@ -417,30 +469,54 @@ impl Login {
         matched && known
     }
 
-    /// `POST {login.path}`.
-    pub async fn handle(
+    /// The login page (`GET {login.path}`), showing `error` when there is one.
+    fn page(
         &self,
-        method: &Method,
-        headers: &HeaderMap,
-        body: Incoming,
-        peer: SocketAddr,
+        status: StatusCode,
+        next: &str,
+        username: &str,
+        error: Option<&str>,
+    ) -> Response<Body> {
+        let html = login_page::render(
+            &self.template,
+            &login_page::PageState {
+                action: &self.path,
+                next: safe_next(next),
+                username,
+                error,
+            },
+        );
+        login_page::response(status, html)
+    }
+
+    /// Checks the credentials and signs a token: `(token, username, next)`. On failure, the
+    /// error and the username (to show it again on the form).
+    async fn attempt(
+        &self,
+        req: LoginRequest<'_>,
+        form: &Form,
         keys: &crate::auth::KeySet,
         tokens: &TokenSettings,
-    ) -> Result<(Response<Body>, String), GatewayError> {
-        if method != Method::POST {
-            return Err(GatewayError::MethodNotAllowed("POST"));
+    ) -> Result<(String, String, Option<String>), (GatewayError, String, Option<String>)> {
+        let fail = |e| (e, String::new(), None);
+        if !same_origin(req.headers, req.host) {
+            return Err(fail(GatewayError::CrossSite));
         }
         check_rate(
             &self.per_client,
-            &client_ip(headers, peer.ip(), &self.trusted_proxies),
-        )?;
-        let form = content_type(headers)?;
-        let body = read_body(body, headers, self.max_body).await?;
-        let creds = parse_credentials(&form, &body)?;
-        check_rate(&self.per_username, &creds.username)?;
+            &client_ip(req.headers, req.peer.ip(), &self.trusted_proxies),
+        )
+        .map_err(fail)?;
+        let body = read_body(req.body, req.headers, self.max_body)
+            .await
+            .map_err(fail)?;
+        let creds = parse_credentials(form, &body).map_err(fail)?;
         let username = creds.username;
+        let next = creds.next;
+        check_rate(&self.per_username, &username)
+            .map_err(|e| (e, username.clone(), next.clone()))?;
         if !self.verify(&username, creds.password).await {
-            return Err(GatewayError::InvalidCredentials);
+            return Err((GatewayError::InvalidCredentials, username, next));
         }
         let claims = self
             .users
@@ -454,13 +530,125 @@ impl Login {
         };
         let token = issue(keys, &options, &username, claims).map_err(|e| {
             tracing::error!(error = %e, "cannot sign a token for a successful login");
-            GatewayError::Internal
+            (GatewayError::Internal, username.clone(), next.clone())
         })?;
-        let resp = json_response(
-            StatusCode::OK,
-            &json!({"access_token": token, "token_type": "Bearer", "expires_in": tokens.ttl.as_secs()}),
-        );
-        Ok((resp, username))
+        Ok((token, username, next))
+    }
+
+    /// `{login.path}`: GET shows the page; POST logs in. A form post (a browser) gets a 303 to
+    /// `next` with the session cookie, or the page again with the error; a JSON post gets the
+    /// token as JSON (and the cookie).
+    pub async fn handle(
+        &self,
+        req: LoginRequest<'_>,
+        keys: &crate::auth::KeySet,
+        tokens: &TokenSettings,
+        cookie: &CookieSettings,
+    ) -> LoginAnswer {
+        if *req.method == Method::GET || *req.method == Method::HEAD {
+            let next = req
+                .query
+                .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "next"))
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            return LoginAnswer::page(self.page(StatusCode::OK, &next, "", None));
+        }
+        if *req.method != Method::POST {
+            return LoginAnswer::failed(GatewayError::MethodNotAllowed("GET, POST"));
+        }
+        let form = match content_type(req.headers) {
+            Ok(form) => form,
+            Err(e) => return LoginAnswer::failed(e),
+        };
+        let html = matches!(form, Form::UrlEncoded);
+        match self.attempt(req, &form, keys, tokens).await {
+            Ok((token, username, next)) => {
+                let mut resp = if html {
+                    let mut r = login_page::response(StatusCode::SEE_OTHER, String::new());
+                    let target = safe_next(next.as_deref().unwrap_or("/"));
+                    if let Ok(v) = HeaderValue::from_str(target) {
+                        r.headers_mut().insert(LOCATION, v);
+                    }
+                    r
+                } else {
+                    json_response(
+                        StatusCode::OK,
+                        &json!({"access_token": token, "token_type": "Bearer", "expires_in": tokens.ttl.as_secs()}),
+                    )
+                };
+                if let Some(c) = cookie.set(&token, tokens.ttl) {
+                    resp.headers_mut().append(SET_COOKIE, c);
+                }
+                LoginAnswer {
+                    response: resp,
+                    user: Some(username),
+                    error: None,
+                }
+            }
+            Err((error, username, next)) if html => {
+                let message = match &error {
+                    GatewayError::InvalidCredentials => "Wrong username or password.".to_string(),
+                    GatewayError::TooManyRequests(_) => {
+                        "Too many attempts. Wait a minute and try again.".to_string()
+                    }
+                    GatewayError::CrossSite => {
+                        "This form was sent from another site and was refused.".to_string()
+                    }
+                    other => format!("{}.", capitalize(&other.to_string())),
+                };
+                let next = next.as_deref().unwrap_or("/");
+                let mut resp = self.page(error.status(), next, &username, Some(&message));
+                error.add_headers(resp.headers_mut());
+                LoginAnswer {
+                    response: resp,
+                    user: None,
+                    error: Some(error),
+                }
+            }
+            Err((error, ..)) => LoginAnswer::failed(error),
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
+        .unwrap_or_default()
+}
+
+/// What the login route needs from the request.
+pub struct LoginRequest<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub host: Option<&'a str>,
+    pub query: Option<&'a str>,
+    pub body: Incoming,
+    pub peer: SocketAddr,
+}
+
+/// The login route's answer: the response, who logged in, and the failure (for metrics).
+pub struct LoginAnswer {
+    pub response: Response<Body>,
+    pub user: Option<String>,
+    pub error: Option<GatewayError>,
+}
+
+impl LoginAnswer {
+    fn page(response: Response<Body>) -> Self {
+        LoginAnswer {
+            response,
+            user: None,
+            error: None,
+        }
+    }
+    fn failed(error: GatewayError) -> Self {
+        LoginAnswer {
+            response: error.into_response_ref(),
+            user: None,
+            error: Some(error),
+        }
     }
 }
 

@@ -105,7 +105,7 @@ impl RouteMetrics {
 }
 
 /// Reasons a token or request can be refused, pre-registered so failures need no lookup.
-pub const AUTH_FAILURE_REASONS: [&str; 18] = [
+pub const AUTH_FAILURE_REASONS: [&str; 20] = [
     "missing",
     "too_large",
     "malformed",
@@ -124,6 +124,8 @@ pub const AUTH_FAILURE_REASONS: [&str; 18] = [
     "insufficient_scope",
     "invalid_credentials",
     "rate_limited",
+    "revoked",
+    "cross_site_request",
 ];
 
 /// Every series the gateway exports.

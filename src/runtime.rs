@@ -24,6 +24,7 @@ use crate::path::normalize;
 use crate::proxy::forward::UpstreamClient;
 use crate::proxy::headers::{StripSet, is_reserved_header};
 use crate::routes::{Matcher, PathMatch, RouteTable, host_name};
+use crate::session::{CookieSettings, SameSite};
 
 /// One compiled route.
 #[derive(Debug)]
@@ -78,6 +79,7 @@ pub struct BoundMetrics {
     pub routes: Vec<RouteMetrics>,
     pub upstreams: Vec<LatencyHistogram>,
     pub login: RouteMetrics,
+    pub logout: RouteMetrics,
     pub jwks: RouteMetrics,
     pub unmatched: RouteMetrics,
 }
@@ -106,6 +108,8 @@ pub struct Runtime {
     pub tokens: TokenSettings,
     /// The login route, when configured.
     pub login: Option<crate::login::Login>,
+    /// The session cookie.
+    pub cookie: CookieSettings,
     /// The JWK Set of every asymmetric key's public half (`None` when all keys are HMAC).
     pub jwks: Option<bytes::Bytes>,
     /// Non-fatal findings (routes that can never match).
@@ -146,8 +150,9 @@ impl Runtime {
         };
         match compile(raw, source) {
             Ok(mut rt) if elsewhere.is_empty() => {
-                if let Some(file) = login.as_ref().and_then(|l| l.users_file.clone()) {
-                    rt.files.push(file);
+                if let Some(l) = &login {
+                    rt.files.extend(l.users_file.iter().cloned());
+                    rt.files.extend(l.template_file.iter().cloned());
                 }
                 rt.login = login;
                 Ok(rt)
@@ -178,6 +183,7 @@ impl Runtime {
                 .map(|u| metrics.upstream(&u.name))
                 .collect(),
             login: metrics.route("(login)"),
+            logout: metrics.route("(logout)"),
             jwks: metrics.route("(jwks)"),
             unmatched: metrics.route("(none)"),
         });
@@ -244,6 +250,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         })
         .ok();
     let server = compile_server(&raw, &mut errors);
+    let cookie = compile_cookie(&raw, &mut errors);
     let keys = compile_keys(&raw, src, &mut errors);
     let providers = compile_providers(&raw, &mut errors);
 
@@ -354,6 +361,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
             ttl: raw.tokens.ttl.0,
         },
         login: None,
+        cookie,
         jwks,
         warnings,
     })
@@ -452,6 +460,49 @@ fn compile_providers(raw: &RawConfig, errors: &mut Errors) -> Vec<Arc<Provider>>
         }
     }
     providers
+}
+
+fn compile_cookie(raw: &RawConfig, errors: &mut Errors) -> CookieSettings {
+    let at = KeyPath::root().key("cookie");
+    let c = &raw.cookie;
+    let name = c.name.as_str().to_owned();
+    if !crate::session::valid_cookie_name(&name) {
+        errors.push((at.key("name"), format!("`{name}` is not a cookie name")));
+    }
+    if c.same_site == SameSite::None && !c.secure {
+        errors.push((
+            at.key("same_site"),
+            "SameSite=None needs `secure: true` (browsers drop the cookie otherwise)".into(),
+        ));
+    }
+    let domain = c
+        .domain
+        .as_ref()
+        .map(|d| d.as_str().trim_start_matches('.').to_ascii_lowercase());
+    if let Some(d) = &domain
+        && (d.is_empty()
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+    {
+        errors.push((at.key("domain"), format!("`{d}` is not a domain name")));
+    }
+    let refresh_before = c.refresh_before.map(|d| d.0);
+    if let Some(r) = refresh_before
+        && r >= raw.tokens.ttl.0
+    {
+        errors.push((
+            at.key("refresh_before"),
+            "must be shorter than `tokens.ttl`, or every request would re-issue the cookie".into(),
+        ));
+    }
+    CookieSettings {
+        name,
+        secure: c.secure,
+        same_site: c.same_site,
+        domain,
+        refresh_before,
+    }
 }
 
 fn compile_server(raw: &RawConfig, errors: &mut Errors) -> ServerSettings {

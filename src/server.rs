@@ -88,8 +88,14 @@ pub async fn serve(
     }
     drop(listener);
     let grace = gateway.runtime().server.shutdown_grace;
+    let drained = async {
+        graceful.shutdown().await;
+        // Upgraded (WebSocket) connections left the connection tracker when they upgraded.
+        gateway.tunnels().close();
+        gateway.tunnels().wait().await;
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = drained => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing remaining connections"),
     }
 }

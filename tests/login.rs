@@ -147,8 +147,19 @@ async fn form_login_works_and_every_token_has_a_unique_jti() {
         &[],
     )
     .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let first = r.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.status,
+        303,
+        "a browser form login is redirected: {}",
+        r.text()
+    );
+    assert_eq!(r.headers["location"], "/");
+    let cookie = r.headers["set-cookie"].to_str().unwrap().to_owned();
+    let first = cookie
+        .strip_prefix("authgate_session=")
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_owned();
     let second = login_json(&gw, "bob", "bob-test-password").await.json()["access_token"]
         .as_str()
         .unwrap()
@@ -280,12 +291,23 @@ async fn bad_login_input_gets_clear_json_errors() {
         let len = body.len();
         let r = post(&gw, ct, body, &[]).await;
         assert_eq!(r.status.as_u16(), status, "{ct} {len} bytes: {}", r.text());
-        assert_eq!(r.json()["error"], code);
+        if ct.starts_with("application/x-www-form-urlencoded") {
+            // Browsers get the login page again, with the error.
+            assert!(
+                r.headers["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("text/html")
+            );
+            assert!(r.text().contains("role=\"alert\""), "{}", r.text());
+        } else {
+            assert_eq!(r.json()["error"], code);
+        }
         assert!(!r.text().contains("alice-test-password"));
     }
-    let r = gw.get("/auth/login", &[]).await;
+    let r = send(gw.addr(), "PUT", "/auth/login", &[], bytes::Bytes::new()).await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.headers["allow"], "POST");
+    assert_eq!(r.headers["allow"], "GET, POST");
     assert!(up.seen().is_empty());
 }
 

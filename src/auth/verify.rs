@@ -56,6 +56,10 @@ pub enum TokenError {
     WrongAudience,
     #[error("token claim `{0}` {1}")]
     UnrenderableClaim(String, RenderError),
+    #[error("token has been revoked (logged out)")]
+    Revoked,
+    #[error("the session cookie is not usable")]
+    BadCookie,
 }
 
 impl TokenError {
@@ -78,6 +82,8 @@ impl TokenError {
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::WrongAudience => "wrong_audience",
             TokenError::UnrenderableClaim(..) => "bad_claim",
+            TokenError::Revoked => "revoked",
+            TokenError::BadCookie => "malformed",
         }
     }
 }
@@ -90,6 +96,11 @@ pub struct VerifiedToken {
     pub exp: u64,
     /// `sub`, when it is a string (for logs).
     pub sub: Option<String>,
+    /// `jti`, when it is a string (for revocation).
+    pub jti: Option<String>,
+    /// Verified with authgate's own keys (not a remote provider's): only such tokens are
+    /// re-issued by the sliding session.
+    pub local: bool,
     /// The value of every claim some route injects as a header, rendered once per token and
     /// indexed like [`Verifier::header_claims`].
     pub header_values: Box<[Result<Option<HeaderValue>, RenderError>]>,
@@ -263,7 +274,7 @@ impl Verifier {
             && let Some(provider) = self.provider_for(token)
         {
             let claims = verify_remote(provider, token, &header).await?;
-            return self.finish(claims);
+            return self.finish(claims, false);
         }
         let claims = match &header.kid {
             Some(kid) => {
@@ -275,7 +286,7 @@ impl Verifier {
             }
             None => self.decode_without_kid(token, &header.alg)?,
         };
-        self.finish(claims)
+        self.finish(claims, true)
     }
 
     /// The provider whose issuer the (not yet verified) token names. Choosing the key set by
@@ -345,7 +356,7 @@ impl Verifier {
             })
     }
 
-    fn finish(&self, claims: Map<String, Value>) -> Result<VerifiedToken, TokenError> {
+    fn finish(&self, claims: Map<String, Value>, local: bool) -> Result<VerifiedToken, TokenError> {
         let exp = claims
             .get("exp")
             .and_then(Value::as_u64)
@@ -365,10 +376,13 @@ impl Verifier {
             .iter()
             .map(|path| render(path.lookup(&claims)))
             .collect();
+        let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
         Ok(VerifiedToken {
             claims,
             exp,
             sub,
+            jti,
+            local,
             header_values,
         })
     }

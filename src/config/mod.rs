@@ -36,6 +36,9 @@ pub struct RawConfig {
     /// The login route that issues tokens (optional).
     #[serde(default)]
     pub login: Option<RawLogin>,
+    /// The browser session cookie.
+    #[serde(default)]
+    pub cookie: RawCookie,
     /// Claims cache bounds.
     #[serde(default)]
     pub cache: RawCache,
@@ -214,6 +217,13 @@ pub struct RawLogin {
     /// `POST` here with JSON `{"username","password"}` or an HTML form.
     #[serde(default = "default_login_path")]
     pub path: Text,
+    /// `POST` here to log out (clears the cookie, revokes the token).
+    #[serde(default = "default_logout_path")]
+    pub logout_path: Text,
+    /// An HTML file replacing the built-in login page (placeholders: `{{action}}`, `{{next}}`,
+    /// `{{username}}`, `{{error}}`).
+    #[serde(default)]
+    pub page_template: Option<Text>,
     /// Users listed inline.
     #[serde(default)]
     pub users: Vec<RawUser>,
@@ -234,6 +244,9 @@ pub struct RawLogin {
 
 fn default_login_path() -> Text {
     Text("/auth/login".into())
+}
+fn default_logout_path() -> Text {
+    Text("/auth/logout".into())
 }
 fn default_login_max_body() -> u64 {
     16 * 1024
@@ -291,6 +304,46 @@ fn default_per_username() -> RawRate {
     RawRate {
         requests: 10,
         per: DurationValue(Duration::from_secs(60)),
+    }
+}
+
+/// `cookie:` — the session cookie set by browser logins.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookie {
+    /// Cookie name (default `authgate_session`).
+    #[serde(default = "default_cookie_name")]
+    pub name: Text,
+    /// `Secure` attribute (default true); false only for plain-http local setups.
+    #[serde(default = "default_true")]
+    pub secure: bool,
+    /// `Strict`, `Lax` (default) or `None` (requires `secure`).
+    #[serde(default)]
+    pub same_site: crate::session::SameSite,
+    /// `Domain` attribute; unset (the default) keeps the cookie to the exact host.
+    #[serde(default)]
+    pub domain: Option<Text>,
+    /// Sliding session: re-issue a cookie token this long before it expires.
+    #[serde(default)]
+    pub refresh_before: Option<DurationValue>,
+}
+
+fn default_cookie_name() -> Text {
+    Text("authgate_session".into())
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for RawCookie {
+    fn default() -> Self {
+        RawCookie {
+            name: default_cookie_name(),
+            secure: true,
+            same_site: crate::session::SameSite::Lax,
+            domain: None,
+            refresh_before: None,
+        }
     }
 }
 

@@ -3,5 +3,6 @@
 pub mod echo;
 pub mod forward;
 pub mod headers;
+pub mod upgrade;
 
 pub use forward::{Body, BoxError};
