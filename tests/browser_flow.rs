@@ -471,6 +471,8 @@ async fn sliding_sessions_reissue_cookie_tokens_close_to_expiry() {
     assert_eq!(up.seen().len(), 4);
 }
 
+// tungstenite's handshake callback type fixes the size of its error variant.
+#[allow(clippy::result_large_err)]
 mod websocket {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
