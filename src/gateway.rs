@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -23,7 +24,7 @@ use crate::login::LoginRequest;
 use crate::login_page;
 use crate::metrics::Metrics;
 use crate::path::{normalize, strip_segments};
-use crate::proxy::forward::stream;
+use crate::proxy::forward::{stream, stream_limited};
 use crate::proxy::headers::{remove_hop_by_hop, set_forwarded};
 use crate::proxy::{Body, echo, upgrade};
 use crate::runtime::{Route, Runtime, Target};
@@ -545,7 +546,24 @@ async fn process(
     }
     parts.version = Version::HTTP_11;
 
-    let mut upstream_req = Request::from_parts(parts, stream(body));
+    // Body limit: a declared length over it is refused before anything is forwarded; a
+    // streamed body is cut off when it passes the limit.
+    let tripped = Arc::new(AtomicBool::new(false));
+    let body = match route.max_body {
+        Some(max) if !hyper::body::Body::is_end_stream(&body) => {
+            let declared = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            stream_limited(body, max, tripped.clone())
+        }
+        _ => stream(body),
+    };
+    let mut upstream_req = Request::from_parts(parts, body);
     let mut resp = match &upstream.target {
         Target::Echo => {
             *upstream_req.uri_mut() = Uri::from(path_and_query);
@@ -567,6 +585,9 @@ async fn process(
             let result = client.send(upstream_req).await;
             if let Some(bound) = rt.bound.get() {
                 bound.upstreams[route.upstream].observe(sent.elapsed());
+            }
+            if result.is_err() && tripped.load(Ordering::Acquire) {
+                return Err(GatewayError::PayloadTooLarge);
             }
             result?
         }

@@ -37,6 +37,8 @@ pub struct Route {
     /// Segment-aware prefix removed before forwarding.
     pub strip_prefix: Option<String>,
     pub forward_token: bool,
+    /// Largest request body forwarded (`None`: no limit).
+    pub max_body: Option<u64>,
     /// Index into [`Runtime::upstreams`].
     pub upstream: usize,
 }
@@ -288,6 +290,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
             ));
         }
         match compile_route(
+            raw.server.max_body_bytes,
             route,
             &at,
             &upstream_index,
@@ -692,6 +695,7 @@ fn compile_match(m: &RawMatch, at: &KeyPath, errors: &mut Errors) -> Option<Matc
 }
 
 fn compile_route(
+    default_max_body: u64,
     route: &RawRoute,
     at: &KeyPath,
     upstream_index: &HashMap<String, usize>,
@@ -825,6 +829,10 @@ fn compile_route(
                 headers,
                 strip_prefix: strip_prefix.filter(|p| !p.is_empty()),
                 forward_token: route.forward_token,
+                max_body: match route.max_body_bytes.unwrap_or(default_max_body) {
+                    0 => None,
+                    n => Some(n),
+                },
                 upstream,
             },
         )),

@@ -95,6 +95,14 @@ pub struct RawServer {
     /// Time in-flight requests get to finish after SIGTERM/SIGINT. Default 30s.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: DurationValue,
+    /// Largest request body forwarded upstream, in bytes (413 beyond); 0 for no limit.
+    /// Default 10 MiB; a route's `max_body_bytes` overrides it.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+fn default_max_body_bytes() -> u64 {
+    10 * 1024 * 1024
 }
 
 fn default_header_read_timeout() -> DurationValue {
@@ -117,6 +125,7 @@ impl Default for RawServer {
             max_header_bytes: default_max_header_bytes(),
             max_connections: default_max_connections(),
             shutdown_grace: default_shutdown_grace(),
+            max_body_bytes: default_max_body_bytes(),
         }
     }
 }
@@ -462,9 +471,13 @@ pub struct RawRoute {
     /// Removed from the front of the path before forwarding (segment-aware).
     #[serde(default)]
     pub strip_prefix: Option<Text>,
-    /// Send the client's `Authorization` header upstream (default false).
+    /// Send the client's `Authorization` header and session cookie upstream (default false).
     #[serde(default)]
     pub forward_token: bool,
+    /// Largest request body for this route, in bytes (413 beyond); 0 for no limit. Default:
+    /// `server.max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// `match:` — every condition given must hold.

@@ -1,6 +1,8 @@
 //! The pooled upstream client (hyper-util, keep-alive) and the forwarding call with its
 //! connect and response timeouts. Bodies stream through in both directions.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +23,22 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// Wraps a streaming hyper body without buffering it.
 pub fn stream(body: Incoming) -> Body {
     body.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
+/// Streams a request body, failing it once more than `max` bytes have passed; `tripped`
+/// records that the limit (not the client or the network) ended it, so the answer is 413.
+pub fn stream_limited(body: Incoming, max: u64, tripped: Arc<AtomicBool>) -> Body {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    http_body_util::Limited::new(body, max)
+        .map_err(move |e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                tripped.store(true, Ordering::Release);
+            }
+            e
+        })
+        .boxed()
 }
 
 /// A keep-alive connection pool to one upstream.
