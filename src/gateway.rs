@@ -25,7 +25,7 @@ use crate::login_page;
 use crate::metrics::Metrics;
 use crate::path::{normalize, strip_segments};
 use crate::proxy::forward::{stream, stream_limited};
-use crate::proxy::headers::{remove_hop_by_hop, set_forwarded};
+use crate::proxy::headers::{remove_hop_by_hop, remove_overrides, set_forwarded};
 use crate::proxy::{Body, echo, upgrade};
 use crate::runtime::{Route, Runtime, Target};
 use crate::session::{
@@ -414,6 +414,16 @@ async fn process(
             "only origin-form and absolute-form targets are served",
         ));
     }
+    // Methods are case-sensitive (RFC 9110 §9.1), but some backends upper-case them: `get`
+    // would miss a GET-only rule here and still be served as GET there.
+    if parts
+        .method
+        .as_str()
+        .bytes()
+        .any(|b| b.is_ascii_lowercase())
+    {
+        return Err(GatewayError::BadRequest("methods must be upper case"));
+    }
     let host = request_host(&parts)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let path = normalize(parts.uri.path())?;
@@ -528,6 +538,7 @@ async fn process(
     // nothing the client sends can remove or replace them.
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
+    remove_overrides(headers);
     rt.strip.strip(headers);
     if !route.forward_token {
         headers.remove(AUTHORIZATION);

@@ -255,7 +255,7 @@ async fn the_login_page_is_hardened_and_shows_errors_without_the_password() {
     assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
     assert_eq!(r.headers["x-frame-options"], "DENY");
     assert_eq!(r.headers["cache-control"], "no-store");
-    assert_eq!(r.headers["referrer-policy"], "no-referrer");
+    assert_eq!(r.headers["referrer-policy"], "same-origin");
     let csp = r.headers["content-security-policy"].to_str().unwrap();
     assert!(
         csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),

@@ -14,6 +14,9 @@ use super::verify::{VerifiedToken, unix_now};
 
 type CacheKey = [u8; 32];
 
+/// Longest time one entry stays cached.
+const MAX_ENTRY_SECS: u64 = 24 * 3600;
+
 struct UntilExp;
 
 impl Expiry<CacheKey, Arc<VerifiedToken>> for UntilExp {
@@ -23,7 +26,11 @@ impl Expiry<CacheKey, Arc<VerifiedToken>> for UntilExp {
         value: &Arc<VerifiedToken>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(Duration::from_secs(value.exp.saturating_sub(unix_now())))
+        // Capped: an absurd `exp` must not overflow the cache's clock arithmetic, and an entry
+        // may always leave the cache early.
+        Some(Duration::from_secs(
+            value.exp.saturating_sub(unix_now()).min(MAX_ENTRY_SECS),
+        ))
     }
 }
 

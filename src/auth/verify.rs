@@ -142,13 +142,52 @@ struct JoseHeader {
     kid: Option<String>,
 }
 
-fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
-    let encoded = token.split('.').next().ok_or(TokenError::Malformed)?;
+/// A JSON object whose members are all distinct. RFC 7515 §4 lets parsers take either of two
+/// duplicate members; we refuse the token instead, so no other parser (the backend's, a
+/// library's) can read a different claim than we checked.
+struct UniqueObject(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut out = Map::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if out.insert(k, v).is_some() {
+                        return Err(serde::de::Error::custom("duplicate member"));
+                    }
+                }
+                Ok(UniqueObject(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Decodes one base64url part of a token into a JSON object with distinct members.
+fn decode_part(encoded: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|_| TokenError::Malformed)?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice::<UniqueObject>(&bytes)
+        .map(|o| o.0)
+        .map_err(|_| TokenError::Malformed)
+}
+
+fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
+    let mut parts = token.split('.');
+    let header = decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
+    // The payload is checked for duplicate members too (its claims are read after the
+    // signature check, by serde_json, which would keep the last one silently).
+    decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
     for name in FORBIDDEN_HEADERS {
         if header.contains_key(name) {
             return Err(TokenError::ForbiddenHeader(name));

@@ -112,6 +112,28 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers some frameworks read to replace the request's method or path (Symfony and IIS
+/// `X-Original-URL`/`X-Rewrite-URL`, Rails and Express method overrides...). authgate routed
+/// and authorized the request line; a client must not make the backend serve another one.
+const OVERRIDES: [&str; 9] = [
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Removes every request-override header.
+pub fn remove_overrides(headers: &mut HeaderMap) {
+    for name in OVERRIDES {
+        headers.remove(name);
+    }
+}
+
 /// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`, replacing whatever the client sent for the last two.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
