@@ -25,7 +25,7 @@ use crate::login_page;
 use crate::metrics::Metrics;
 use crate::path::{normalize, strip_segments};
 use crate::proxy::forward::{stream, stream_limited};
-use crate::proxy::headers::{remove_hop_by_hop, remove_overrides, set_forwarded};
+use crate::proxy::headers::{clean_request, remove_hop_by_hop, set_forwarded};
 use crate::proxy::{Body, echo, upgrade};
 use crate::runtime::{Route, Runtime, Target};
 use crate::session::{
@@ -106,16 +106,63 @@ fn sane_request_id(value: &HeaderValue) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
 }
 
+/// A request id unique in this process, and across processes by its random prefix: no
+/// randomness is drawn per request.
 fn new_request_id() -> HeaderValue {
-    let mut bytes = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        u64::from_le_bytes(b)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 32];
-    for (i, b) in bytes.iter().enumerate() {
-        text[2 * i] = HEX[usize::from(b >> 4)];
-        text[2 * i + 1] = HEX[usize::from(b & 15)];
+    for (i, byte) in prefix
+        .to_be_bytes()
+        .iter()
+        .chain(n.to_be_bytes().iter())
+        .enumerate()
+    {
+        text[2 * i] = HEX[usize::from(byte >> 4)];
+        text[2 * i + 1] = HEX[usize::from(byte & 15)];
     }
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The last token verified on one client connection. Clients send the same token on every
+/// request of a keep-alive connection, so a byte comparison of the whole token replaces
+/// hashing it and looking it up in the claims cache. Tied to the runtime generation that
+/// verified it: after a reload the token is verified again.
+#[derive(Default)]
+pub struct ConnectionMemo {
+    last: arc_swap::ArcSwapOption<Memo>,
+}
+
+struct Memo {
+    generation: u64,
+    token: Box<str>,
+    verified: Arc<VerifiedToken>,
+}
+
+impl ConnectionMemo {
+    fn get(&self, rt: &Runtime, token: &str) -> Option<Arc<VerifiedToken>> {
+        let last = self.last.load();
+        let memo = last.as_ref()?;
+        (memo.generation == rt.generation
+            && *memo.token == *token
+            && memo.verified.exp > unix_now())
+        .then(|| memo.verified.clone())
+    }
+
+    fn set(&self, rt: &Runtime, token: &str, verified: &Arc<VerifiedToken>) {
+        self.last.store(Some(Arc::new(Memo {
+            generation: rt.generation,
+            token: token.into(),
+            verified: verified.clone(),
+        })));
+    }
 }
 
 impl Gateway {
@@ -187,7 +234,12 @@ impl Gateway {
         }
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        memo: &ConnectionMemo,
+    ) -> Response<Body> {
         let started = Instant::now();
         // One snapshot per request, held until the response is produced.
         let rt = self.runtime.load_full();
@@ -199,7 +251,7 @@ impl Gateway {
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let mut outcome = Outcome::default();
-        let (mut resp, err) = match process(self, &rt, req, peer, &mut outcome).await {
+        let (mut resp, err) = match process(self, &rt, req, peer, memo, &mut outcome).await {
             Ok(resp) => (resp, outcome.error.take()),
             Err(err) => (err.into_response_ref(), Some(err)),
         };
@@ -260,10 +312,21 @@ async fn authenticate(
     rt: &Runtime,
     route: &Route,
     token: Option<&str>,
+    memo: &ConnectionMemo,
 ) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
     let verified = match (route.auth, token) {
         (AuthMode::None, _) => return Ok(None),
-        (_, Some(token)) => rt.verifier.verify(token).await?,
+        (_, Some(token)) => match memo.get(rt, token) {
+            Some(verified) => {
+                rt.verifier.cache().record_hit();
+                verified
+            }
+            None => {
+                let verified = rt.verifier.verify(token).await?;
+                memo.set(rt, token, &verified);
+                verified
+            }
+        },
         (AuthMode::Required, None) => return Err(TokenError::Missing),
         (AuthMode::Optional, None) => return Ok(None),
     };
@@ -406,6 +469,7 @@ async fn process(
     rt: &Runtime,
     req: Request<Incoming>,
     peer: SocketAddr,
+    memo: &ConnectionMemo,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
@@ -427,7 +491,10 @@ async fn process(
     let host = request_host(&parts)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let path = normalize(parts.uri.path())?;
-    outcome.path = Some(path.clone().into_owned());
+    // Copied only when the access log will print it.
+    if tracing::enabled!(target: "authgate::access", tracing::Level::INFO) {
+        outcome.path = Some(path.clone().into_owned());
+    }
 
     // The gateway's own endpoints come before the routes.
     if let Some(login) = &rt.login {
@@ -484,7 +551,7 @@ async fn process(
         }
         GatewayError::Token(reason)
     };
-    let verified = match authenticate(gw, rt, route, found.map(|(t, _)| t)).await {
+    let verified = match authenticate(gw, rt, route, found.map(|(t, _)| t), memo).await {
         Ok(v) => v,
         // An optional route treats an unusable session cookie as no session.
         Err(_) if from_cookie && route.auth == AuthMode::Optional => {
@@ -537,9 +604,7 @@ async fn process(
     // spelling of every injected name, and only then the gateway's own values are added, so
     // nothing the client sends can remove or replace them.
     let headers = &mut parts.headers;
-    remove_hop_by_hop(headers);
-    remove_overrides(headers);
-    rt.strip.strip(headers);
+    clean_request(headers, &rt.strip);
     if !route.forward_token {
         headers.remove(AUTHORIZATION);
         strip_session_cookie(headers, &rt.cookie.name);

@@ -96,6 +96,8 @@ pub struct TokenSettings {
 
 /// Everything the request path needs, compiled once per (re)load.
 pub struct Runtime {
+    /// Unique per compiled runtime in this process (memos of verified tokens are tied to it).
+    pub generation: u64,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub server: ServerSettings,
@@ -348,7 +350,9 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         cache_entries: raw.cache.max_entries,
     };
     let jwks = jwks_document(&keys);
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(Runtime {
+        generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         listen,
         admin_listen,
         server,

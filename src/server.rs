@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::gateway::Gateway;
+use crate::gateway::{ConnectionMemo, Gateway};
 use crate::runtime::{Runtime, ServerSettings};
 
 fn builder(settings: &ServerSettings) -> Builder<TokioExecutor> {
@@ -73,9 +73,11 @@ pub async fn serve(
         let gw = gateway.clone();
         // Limits are read per connection, so a reload applies to new connections.
         let builder = builder(&gateway.runtime().server);
+        let memo = Arc::new(ConnectionMemo::default());
         let service = service_fn(move |req| {
             let gw = gw.clone();
-            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer).await) }
+            let memo = memo.clone();
+            async move { Ok::<_, std::convert::Infallible>(gw.handle(req, peer, &memo).await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());

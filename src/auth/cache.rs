@@ -68,6 +68,13 @@ impl ClaimsCache {
         let _ = self.counters.set((hits, misses));
     }
 
+    /// Counts a hit served before the cache (the per-connection memo).
+    pub fn record_hit(&self) {
+        if let Some((hits, _)) = self.counters.get() {
+            hits.inc();
+        }
+    }
+
     /// A cached, still unexpired verification of exactly this token.
     pub fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
         let found = self

@@ -97,25 +97,14 @@ impl StripSet {
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(&name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    clean(headers, |name| HOP_BY_HOP.contains(&name));
 }
 
 /// Headers some frameworks read to replace the request's method or path (Symfony and IIS
-/// `X-Original-URL`/`X-Rewrite-URL`, Rails and Express method overrides...). authgate routed
-/// and authorized the request line; a client must not make the backend serve another one.
-const OVERRIDES: [&str; 9] = [
+/// `X-Original-URL`/`X-Rewrite-URL`, Rails and Express method overrides...), and connection
+/// facts only the gateway may state (`Forwarded`, `X-Real-IP`). authgate routed and
+/// authorized the request line; a client must not make the backend serve another one.
+const OVERRIDES: [&str; 11] = [
     "x-original-url",
     "x-original-uri",
     "x-rewrite-url",
@@ -125,20 +114,42 @@ const OVERRIDES: [&str; 9] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "forwarded",
+    "x-real-ip",
 ];
 
-/// Removes every request-override header.
-pub fn remove_overrides(headers: &mut HeaderMap) {
-    for name in OVERRIDES {
-        headers.remove(name);
+/// Everything a request loses before the gateway adds its own headers, in one pass over the
+/// headers it has: hop-by-hop headers, headers named in `Connection`, override headers, and
+/// every spelling of every header some route injects.
+pub fn clean_request(headers: &mut HeaderMap, strip: &StripSet) {
+    clean(headers, |name| {
+        HOP_BY_HOP.contains(&name) || OVERRIDES.contains(&name) || strip.contains_str(name)
+    });
+}
+
+fn clean(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+    let mut doomed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    doomed.extend(headers.keys().filter(|n| drop(n.as_str())).cloned());
+    for name in doomed {
+        headers.remove(&name);
     }
 }
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`, replacing whatever the client sent for the last two.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
     let mut chain = String::new();
-    for value in headers.get_all(header::HeaderName::from_static("x-forwarded-for")) {
+    for value in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(v) = value.to_str() {
             let v = v.trim();
             if !v.is_empty() {
@@ -154,19 +165,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&Header
     }
     chain.push_str(&peer.to_string());
     if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    // The client's own claims about the connection are not passed on: a backend that prefers
-    // RFC 7239 `Forwarded` or `X-Real-IP` must not read a value the client chose.
-    headers.remove("forwarded");
-    headers.remove("x-real-ip");
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     match host {
         Some(h) => {
-            headers.insert("x-forwarded-host", h.clone());
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
         }
         None => {
-            headers.remove("x-forwarded-host");
+            headers.remove(&X_FORWARDED_HOST);
         }
     }
 }
@@ -230,6 +237,7 @@ mod tests {
             ("x-real-ip", "1.2.3.4"),
         ]);
         let host = HeaderValue::from_static("app.example");
+        clean_request(&mut h, &StripSet::default());
         set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
