@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -24,7 +24,7 @@ use crate::login::LoginRequest;
 use crate::login_page;
 use crate::metrics::Metrics;
 use crate::path::{normalize, strip_segments};
-use crate::proxy::forward::{stream, stream_limited};
+use crate::proxy::forward::{BodyState, BodyWatch, stream, stream_watched};
 use crate::proxy::headers::{clean_request, remove_hop_by_hop, set_forwarded};
 use crate::proxy::{Body, echo, upgrade};
 use crate::runtime::{Route, Runtime, Target};
@@ -604,7 +604,12 @@ async fn process(
     // spelling of every injected name, and only then the gateway's own values are added, so
     // nothing the client sends can remove or replace them.
     let headers = &mut parts.headers;
+    let request_id = headers.get(&X_REQUEST_ID).cloned();
     clean_request(headers, &rt.strip);
+    if let Some(id) = request_id {
+        // Set by the gateway, so no `Connection` header can have removed it.
+        headers.insert(X_REQUEST_ID.clone(), id);
+    }
     if !route.forward_token {
         headers.remove(AUTHORIZATION);
         strip_session_cookie(headers, &rt.cookie.name);
@@ -623,21 +628,23 @@ async fn process(
     parts.version = Version::HTTP_11;
 
     // Body limit: a declared length over it is refused before anything is forwarded; a
-    // streamed body is cut off when it passes the limit.
-    let tripped = Arc::new(AtomicBool::new(false));
-    let body = match route.max_body {
-        Some(max) if !hyper::body::Body::is_end_stream(&body) => {
-            let declared = parts
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return Err(GatewayError::PayloadTooLarge);
-            }
-            stream_limited(body, max, tripped.clone())
+    // streamed body is cut off when it passes the limit. The watch tells a body the client
+    // broke (or that hit the limit) from an upstream failure.
+    let watch = Arc::new(BodyWatch::default());
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        stream(body)
+    } else {
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (Some(max), Some(n)) = (route.max_body, declared)
+            && n > max
+        {
+            return Err(GatewayError::PayloadTooLarge);
         }
-        _ => stream(body),
+        stream_watched(body, route.max_body, watch.clone())
     };
     let mut upstream_req = Request::from_parts(parts, body);
     let mut resp = match &upstream.target {
@@ -662,8 +669,16 @@ async fn process(
             if let Some(bound) = rt.bound.get() {
                 bound.upstreams[route.upstream].observe(sent.elapsed());
             }
-            if result.is_err() && tripped.load(Ordering::Acquire) {
-                return Err(GatewayError::PayloadTooLarge);
+            if result.is_err() {
+                match watch.state() {
+                    BodyState::OverLimit => return Err(GatewayError::PayloadTooLarge),
+                    BodyState::ClientError => {
+                        return Err(GatewayError::BadRequest(
+                            "the request body could not be read",
+                        ));
+                    }
+                    BodyState::Fine => {}
+                }
             }
             result?
         }

@@ -74,16 +74,37 @@ pub struct PageState<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Fills the template.
+/// Fills the template in one pass: a value is never scanned for placeholders, so text a user
+/// typed (`{{error}}` as a username) stays text.
 pub fn render(template: &str, state: &PageState<'_>) -> String {
     let error = state.error.map_or(String::new(), |e| {
         format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))
     });
-    template
-        .replace("{{action}}", &escape(state.action))
-        .replace("{{next}}", &escape(state.next))
-        .replace("{{username}}", &escape(state.username))
-        .replace("{{error}}", &error)
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        match &after[..end] {
+            "action" => out.push_str(&escape(state.action)),
+            "next" => out.push_str(&escape(state.next)),
+            "username" => out.push_str(&escape(state.username)),
+            "error" => out.push_str(&error),
+            // Not ours: leave it as written.
+            other => {
+                out.push_str("{{");
+                out.push_str(other);
+                out.push_str("}}");
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The page as a response, with the security headers every login page needs.

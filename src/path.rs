@@ -24,6 +24,8 @@ pub enum PathError {
     BadPercent,
     #[error("a dot segment with parameters (`..;`) is not allowed in the path")]
     DotSegmentWithParams,
+    #[error("a path segment of only parameters (`/;x/`) is not allowed in the path")]
+    ParamsOnlySegment,
 }
 
 fn is_unreserved(b: u8) -> bool {
@@ -87,6 +89,11 @@ fn scan(raw: &str) -> Result<bool, PathError> {
                 let rest = &raw[i + 1..];
                 let seg = rest.split('/').next().unwrap_or("");
                 let name = segment_name(seg);
+                // Servlet containers drop `;params` and then merge the empty segment left
+                // behind: `/;/admin` is their `/admin`, ours would be something else.
+                if name.is_empty() && !seg.is_empty() {
+                    return Err(PathError::ParamsOnlySegment);
+                }
                 if rest.starts_with('/') || is_dot_segment(name) {
                     if name.len() != seg.len() {
                         return Err(PathError::DotSegmentWithParams);
@@ -148,6 +155,9 @@ fn resolve_segments(decoded: &str) -> Result<String, PathError> {
         let name = segment_name(seg);
         if is_dot_segment(name) && name.len() != seg.len() {
             return Err(PathError::DotSegmentWithParams);
+        }
+        if name.is_empty() && !seg.is_empty() {
+            return Err(PathError::ParamsOnlySegment);
         }
         trailing_slash = matches!(seg, "" | "." | "..");
         match seg {
@@ -234,6 +244,20 @@ mod tests {
         assert_eq!(n("a/b"), Err(PathError::NotAbsolute));
         assert_eq!(n(""), Err(PathError::NotAbsolute));
         assert_eq!(n("*"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn segments_of_only_params_are_refused() {
+        for p in [
+            "/;/panel",
+            "/;x=1/panel",
+            "/panel/;/settings",
+            "/panel/settings/;",
+            "/a%2e/;/b",
+        ] {
+            assert_eq!(n(p), Err(PathError::ParamsOnlySegment), "{p}");
+        }
+        assert_eq!(n("/panel;x/settings").unwrap(), "/panel;x/settings");
     }
 
     #[test]

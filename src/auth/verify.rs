@@ -142,33 +142,64 @@ struct JoseHeader {
     kid: Option<String>,
 }
 
-/// A JSON object whose members are all distinct. RFC 7515 §4 lets parsers take either of two
-/// duplicate members; we refuse the token instead, so no other parser (the backend's, a
-/// library's) can read a different claim than we checked.
-struct UniqueObject(Map<String, Value>);
+/// A JSON value whose objects, at every depth, have distinct members. RFC 7515 §4 lets
+/// parsers take either of two duplicate members; we refuse the token instead, so no other
+/// parser (the backend's, a library's) can read a different claim than we checked.
+struct UniqueValue(Value);
 
-impl<'de> serde::Deserialize<'de> for UniqueObject {
+impl<'de> serde::Deserialize<'de> for UniqueValue {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = UniqueObject;
+            type Value = UniqueValue;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(v.into()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(v.into()))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(v.into()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(v.into()))
+            }
+            fn visit_unit<E>(self) -> Result<UniqueValue, E> {
+                Ok(UniqueValue(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<UniqueValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(UniqueValue(v)) = seq.next_element()? {
+                    items.push(v);
+                }
+                Ok(UniqueValue(Value::Array(items)))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<UniqueObject, A::Error> {
+            ) -> Result<UniqueValue, A::Error> {
                 let mut out = Map::new();
-                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                while let Some((k, UniqueValue(v))) = map.next_entry::<String, UniqueValue>()? {
                     if out.insert(k, v).is_some() {
                         return Err(serde::de::Error::custom("duplicate member"));
                     }
                 }
-                Ok(UniqueObject(out))
+                Ok(UniqueValue(Value::Object(out)))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
     }
 }
 
@@ -177,9 +208,10 @@ fn decode_part(encoded: &str) -> Result<Map<String, Value>, TokenError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(encoded)
         .map_err(|_| TokenError::Malformed)?;
-    serde_json::from_slice::<UniqueObject>(&bytes)
-        .map(|o| o.0)
-        .map_err(|_| TokenError::Malformed)
+    match serde_json::from_slice::<UniqueValue>(&bytes) {
+        Ok(UniqueValue(Value::Object(object))) => Ok(object),
+        _ => Err(TokenError::Malformed),
+    }
 }
 
 fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
@@ -404,6 +436,15 @@ impl Verifier {
             if claims.get(name).is_some_and(|v| !v.is_u64()) {
                 return Err(TokenError::BadClaim(name.into()));
             }
+        }
+        // RFC 7519 §4.1.1: `iss` is one string (the library would take an array as any-of).
+        if claims.get("iss").is_some_and(|v| !v.is_string()) {
+            return Err(TokenError::BadClaim("iss".into()));
+        }
+        match claims.get("aud") {
+            None | Some(Value::String(_)) => {}
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+            Some(_) => return Err(TokenError::BadClaim("aud".into())),
         }
         let sub = match claims.get("sub") {
             None => None,

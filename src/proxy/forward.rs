@@ -2,7 +2,7 @@
 //! connect and response timeouts. Bodies stream through in both directions.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,17 +25,45 @@ pub fn stream(body: Incoming) -> Body {
     body.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 
-/// Streams a request body, failing it once more than `max` bytes have passed; `tripped`
-/// records that the limit (not the client or the network) ended it, so the answer is 413.
-pub fn stream_limited(body: Incoming, max: u64, tripped: Arc<AtomicBool>) -> Body {
-    let max = usize::try_from(max).unwrap_or(usize::MAX);
+/// How a forwarded request body ended, as far as the client's side is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyState {
+    Fine,
+    /// It passed the route's `max_body_bytes` (413).
+    OverLimit,
+    /// The client sent something that is not a valid body (400), e.g. a bad chunk size.
+    ClientError,
+}
+
+/// Shared between a streaming body and the request that forwards it.
+#[derive(Debug, Default)]
+pub struct BodyWatch(AtomicU8);
+
+impl BodyWatch {
+    pub fn state(&self) -> BodyState {
+        match self.0.load(Ordering::Acquire) {
+            1 => BodyState::OverLimit,
+            2 => BodyState::ClientError,
+            _ => BodyState::Fine,
+        }
+    }
+}
+
+/// Streams a request body, failing it once more than `max` bytes have passed, and records in
+/// `watch` why it failed, so the answer blames the right side.
+pub fn stream_watched(body: Incoming, max: Option<u64>, watch: Arc<BodyWatch>) -> Body {
+    let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
     http_body_util::Limited::new(body, max)
         .map_err(move |e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
+            let state = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                tripped.store(true, Ordering::Release);
-            }
+                1
+            } else {
+                2
+            };
+            watch.0.store(state, Ordering::Release);
             e
         })
         .boxed()

@@ -118,12 +118,39 @@ const OVERRIDES: [&str; 11] = [
     "x-real-ip",
 ];
 
+/// Headers that frame the message or that the gateway sets itself. A client's `_` or `.`
+/// spelling of one (`Transfer_Encoding`, `X.Real.IP`) is dropped: CGI-style backends fold
+/// those characters into `-` and would read it as the real header.
+const MANAGED: [&str; 8] = [
+    "content-length",
+    "host",
+    "authorization",
+    "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
+
+fn is_managed_variant(name: &str) -> bool {
+    if !name.bytes().any(|b| b == b'_' || b == b'.') {
+        return false;
+    }
+    let canonical = canonical_name(name);
+    let c = canonical.as_str();
+    HOP_BY_HOP.contains(&c) || OVERRIDES.contains(&c) || MANAGED.contains(&c)
+}
+
 /// Everything a request loses before the gateway adds its own headers, in one pass over the
-/// headers it has: hop-by-hop headers, headers named in `Connection`, override headers, and
-/// every spelling of every header some route injects.
+/// headers it has: hop-by-hop headers, headers named in `Connection`, override headers,
+/// variant spellings of managed headers, and every spelling of every header some route
+/// injects.
 pub fn clean_request(headers: &mut HeaderMap, strip: &StripSet) {
     clean(headers, |name| {
-        HOP_BY_HOP.contains(&name) || OVERRIDES.contains(&name) || strip.contains_str(name)
+        HOP_BY_HOP.contains(&name)
+            || OVERRIDES.contains(&name)
+            || strip.contains_str(name)
+            || is_managed_variant(name)
     });
 }
 
@@ -245,6 +272,23 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "app.example");
         assert!(h.get("forwarded").is_none());
         assert!(h.get("x-real-ip").is_none());
+    }
+
+    #[test]
+    fn variant_spellings_of_managed_headers_are_dropped() {
+        let mut h = map(&[
+            ("transfer_encoding", "chunked"),
+            ("content.length", "5"),
+            ("x_real_ip", "1.2.3.4"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("keep_alive", "1"),
+            ("x_custom_thing", "kept"),
+            ("content-length", "0"),
+        ]);
+        clean_request(&mut h, &StripSet::default());
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-length", "x_custom_thing"]);
     }
 
     #[test]
