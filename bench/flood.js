@@ -1,9 +1,11 @@
 // Memory check: sends COUNT requests, each with a distinct valid HS256 token, over CONNS
-// keep-alive connections. node bench/flood.js URL SECRET COUNT CONNS
+// keep-alive connections. node bench/flood.js URL SECRET COUNT CONNS [FIRST]
+// (tokens FIRST..FIRST+COUNT, so successive runs never repeat a token)
 const http = require('http');
 const path = require('path');
 const crypto = require('crypto');
-const [url, secret, countArg, connsArg] = process.argv.slice(2);
+const [url, secret, countArg, connsArg, firstArg] = process.argv.slice(2);
+const first = Number(firstArg || 0);
 const count = Number(countArg);
 const conns = Number(connsArg || 32);
 const agent = new http.Agent({ keepAlive: true, maxSockets: conns });
@@ -18,7 +20,7 @@ function token(i) {
 let next = 0, done = 0, failed = 0;
 function one() {
   if (next >= count) return;
-  const i = next++;
+  const i = first + next++;
   const req = http.get(url, { agent, headers: { authorization: 'Bearer ' + token(i) } }, (res) => {
     if (res.statusCode !== 200) failed++;
     res.resume();

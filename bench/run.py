@@ -139,17 +139,45 @@ def start_authgate(config, env, threads="1", cpu=PROXY_CPU):
     return p
 
 
-def main():
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+def load_tokens():
     tokens = {}
     for name in ["hs256", "rs256", "bad"]:
         with open(os.path.join(RUN, name + ".txt")) as f:
             tokens[name] = f.read().strip()
-    distinct = os.path.join(RUN, "rs256-distinct.txt")
-    results = {}
-    extra = {}
+    return tokens
 
+
+def main():
+    tokens = load_tokens()
     upstream = start(["nginx", "-c", render("upstream-nginx.conf")], cpu=LOAD_CPU)
     wait_ready("http://127.0.0.1:18080/", body="user=")
+    # Targets run round-robin, ROUNDS times; each reports its median round (by req/s), so a
+    # burst of noise on this shared machine cannot decide a comparison alone.
+    rounds = []
+    extra = {}
+    for _ in range(ROUNDS):
+        rounds.append(one_round(tokens, extra))
+    results = {}
+    for name in rounds[0]:
+        runs = sorted((r[name] for r in rounds), key=lambda r: r["rps"])
+        median = dict(runs[len(runs) // 2])
+        median["rps_all_rounds"] = [round(r["rps"]) for r in runs]
+        results[name] = median
+    more(tokens, extra)
+    stop(upstream)
+
+    table(results, extra)
+    os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
+    with open(os.path.join(BENCH, "results", "latest.json"), "w") as f:
+        json.dump({"targets": results, "extra": extra, "settings": settings()}, f, indent=2)
+
+
+def one_round(tokens, extra):
+    distinct = os.path.join(RUN, "rs256-distinct.txt")
+    results = {}
 
     # direct: the upstream itself on the measured core.
     p = start(["nginx", "-c", render("direct-nginx.conf")], cpu=PROXY_CPU)
@@ -206,6 +234,12 @@ def main():
     results["authgate-routes-10k"] = wrk(url, token=tokens["hs256"])
     extra["rss_10k_routes_kib"] = rss_kib(p.pid)[0]
     stop(p)
+    return results
+
+
+def more(tokens, extra):
+    """Start-up, scaling and the memory flood: measured once."""
+    url = "http://127.0.0.1:18003/app/x"
 
     # Start-up time: spawn to a 200 from /healthz, best of 5.
     config, env = authgate_config("authgate.yaml")
@@ -227,32 +261,32 @@ def main():
         stop(p)
     extra["scaling_rps_by_worker_threads_unpinned"] = scaling
 
-    # Memory under a flood of distinct valid tokens, against the cache bound.
+    # Memory under a flood of distinct valid tokens, against the cache bound: RSS after the
+    # first 20% (the cache is full by then) and after all of them must be about the same.
     config, env = authgate_config("authgate-flood.yaml", cache=100000)
     p = start_authgate(config, env, threads="2", cpu=None)
     before, _ = rss_kib(p.pid)
     t0 = time.time()
-    flood = subprocess.run(
-        ["node", os.path.join(BENCH, "flood.js"), url, SECRET, str(FLOOD), "64"],
-        capture_output=True, text=True, check=True,
-    )
-    after, peak = rss_kib(p.pid)
+    checkpoints = []
+    sent = 0
+    for share in [FLOOD // 5, FLOOD - FLOOD // 5]:
+        out = subprocess.run(
+            ["node", os.path.join(BENCH, "flood.js"), url, SECRET, str(share), "64", str(sent)],
+            capture_output=True, text=True, check=True,
+        )
+        sent += share
+        failed = json.loads(out.stdout)["failed"]
+        checkpoints.append({"tokens_sent": sent, "failed": failed, "rss_kib": rss_kib(p.pid)[0]})
+    _, peak = rss_kib(p.pid)
     extra["flood"] = {
         "distinct_tokens": FLOOD,
         "cache_max_entries": 100000,
         "seconds": round(time.time() - t0, 1),
-        "result": json.loads(flood.stdout),
         "rss_before_kib": before,
-        "rss_after_kib": after,
+        "checkpoints": checkpoints,
         "rss_peak_kib": peak,
     }
     stop(p)
-    stop(upstream)
-
-    table(results, extra)
-    os.makedirs(os.path.join(BENCH, "results"), exist_ok=True)
-    with open(os.path.join(BENCH, "results", "latest.json"), "w") as f:
-        json.dump({"targets": results, "extra": extra, "settings": settings()}, f, indent=2)
 
 
 def settings():
@@ -260,6 +294,7 @@ def settings():
         "duration_s": DURATION,
         "warmup_s": WARMUP,
         "connections": CONNS,
+        "rounds": ROUNDS,
         "cpus": os.cpu_count(),
         "pinning": "target on CPU %s; wrk and the upstream on CPU %s" % (PROXY_CPU, LOAD_CPU),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

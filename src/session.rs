@@ -67,16 +67,28 @@ pub fn valid_cookie_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Every `name=value` pair of every `Cookie` header.
-fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// Every `name=value` pair of every `Cookie` header, as bytes: a cookie whose value is not
+/// ASCII (browsers send UTF-8) must not hide the cookies beside it.
+fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
         .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((k.trim(), v.trim()))
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            Some((trim(&pair[..eq]), trim(&pair[eq + 1..])))
         })
 }
 
@@ -86,42 +98,52 @@ fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 pub struct DuplicateCookie;
 
 /// The session cookie's value. Two cookies of that name (a sibling subdomain can plant one:
-/// "cookie tossing") are refused rather than guessed between.
+/// "cookie tossing") are refused rather than guessed between. A value that is not text is no
+/// token.
 pub fn session_cookie<'a>(
     headers: &'a HeaderMap,
     name: &str,
 ) -> Result<Option<&'a str>, DuplicateCookie> {
     let mut found = None;
     for (k, v) in cookie_pairs(headers) {
-        if k == name {
+        if k == name.as_bytes() {
             if found.is_some() {
                 return Err(DuplicateCookie);
             }
             found = Some(v);
         }
     }
-    Ok(found.filter(|v| !v.is_empty()))
+    Ok(found
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .filter(|v| !v.is_empty()))
 }
 
-/// Removes the session cookie from the `Cookie` headers, keeping every other cookie as sent.
+/// Removes the session cookie from the `Cookie` headers, keeping every other cookie exactly
+/// as sent (whatever bytes its value holds).
 pub fn strip_session_cookie(headers: &mut HeaderMap, name: &str) {
-    if !cookie_pairs(headers).any(|(k, _)| k == name) {
+    if !cookie_pairs(headers).any(|(k, _)| k == name.as_bytes()) {
         return;
     }
-    let kept: Vec<String> = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k.trim() != name)
-        })
-        .map(str::to_owned)
-        .collect();
+    let mut kept: Vec<u8> = Vec::new();
+    for value in headers.get_all(COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let pair = trim(pair);
+            let key = pair
+                .iter()
+                .position(|&b| b == b'=')
+                .map_or(pair, |eq| trim(&pair[..eq]));
+            if pair.is_empty() || key == name.as_bytes() {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(pair);
+        }
+    }
     headers.remove(COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_bytes(&kept)
     {
         headers.insert(COOKIE, v);
     }
@@ -144,9 +166,10 @@ pub fn is_navigation(method: &http::Method, headers: &HeaderMap) -> bool {
 /// into `//evil`).
 pub fn safe_next(next: &str) -> &str {
     let b = next.as_bytes();
+    // Visible ASCII only: anything else cannot go into a `Location` header as it is.
     let ok = b.first() == Some(&b'/')
         && !matches!(b.get(1), Some(b'/' | b'\\'))
-        && !b.iter().any(|&c| c == b'\\' || c <= b' ' || c == 0x7f)
+        && !b.iter().any(|&c| c == b'\\' || c <= b' ' || c >= 0x7f)
         && next.len() <= 2048;
     if ok { next } else { "/" }
 }
@@ -270,6 +293,18 @@ mod tests {
             session_cookie(&HeaderMap::new(), "authgate_session"),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn cookies_with_non_ascii_values_do_not_hide_the_session() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"theme=\xc3\xa9; authgate_session=tok").unwrap(),
+        );
+        assert_eq!(session_cookie(&h, "authgate_session"), Ok(Some("tok")));
+        strip_session_cookie(&mut h, "authgate_session");
+        assert_eq!(h[COOKIE].as_bytes(), b"theme=\xc3\xa9");
     }
 
     #[test]

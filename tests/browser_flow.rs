@@ -576,3 +576,26 @@ mod websocket {
         }
     }
 }
+
+/// Found by fuzzing: a cookie holding UTF-8 (browsers send it) must not hide the session
+/// cookie beside it, neither from authentication nor from stripping.
+#[tokio::test]
+async fn a_non_ascii_cookie_does_not_hide_the_session_cookie() {
+    let (up, gw) = start("").await;
+    let t = token("alice", json!({}));
+    for (path, want) in [("/maybe/x", "alice"), ("/app/x", "alice")] {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nCookie: theme=\u{e9}; authgate_session={t}\r\n\r\n"
+        );
+        let (status, text) = raw(gw.addr(), req.as_bytes()).await;
+        assert_eq!(status, 200, "{path}: {text}");
+        let seen = up.only();
+        assert_eq!(seen.headers["x-user-id"], want, "{path}");
+        assert_eq!(
+            seen.headers["cookie"].as_bytes(),
+            "theme=\u{e9}".as_bytes(),
+            "{path}: the session cookie leaked"
+        );
+        up.clear();
+    }
+}
