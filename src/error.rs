@@ -107,11 +107,7 @@ impl GatewayError {
         }
     }
 
-    pub fn into_response(self) -> Response<Body> {
-        Self::into_response_ref(&self)
-    }
-
-    pub fn into_response_ref(&self) -> Response<Body> {
+    pub fn to_response(&self) -> Response<Body> {
         let status = self.status();
         let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
         let mut resp = json_response(status, &body);

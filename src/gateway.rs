@@ -72,6 +72,9 @@ struct Outcome {
     set_cookie: Option<HeaderValue>,
     /// A failure answered with a page rather than an error (login form), for the metrics.
     error: Option<GatewayError>,
+    /// The id forwarded upstream (added after the client's headers are cleaned, so no
+    /// `Connection` header can remove it) and returned to the client.
+    request_id: Option<HeaderValue>,
 }
 
 /// Where the public keys of asymmetric signing keys are published (RFC 7517 JWK Set).
@@ -236,7 +239,7 @@ impl Gateway {
 
     pub async fn handle(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
         memo: &ConnectionMemo,
     ) -> Response<Body> {
@@ -248,12 +251,13 @@ impl Gateway {
             Some(id) if sane_request_id(id) => id.clone(),
             _ => new_request_id(),
         };
-        req.headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id.clone());
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome {
+            request_id: Some(request_id.clone()),
+            ..Outcome::default()
+        };
         let (mut resp, err) = match process(self, &rt, req, peer, memo, &mut outcome).await {
             Ok(resp) => (resp, outcome.error.take()),
-            Err(err) => (err.into_response_ref(), Some(err)),
+            Err(err) => (err.to_response(), Some(err)),
         };
         if let Some(cookie) = outcome.set_cookie.take() {
             resp.headers_mut().append(http::header::SET_COOKIE, cookie);
@@ -539,12 +543,12 @@ async fn process(
 
     let found = credentials::token(&parts.headers, &rt.cookie.name)?;
     let from_cookie = matches!(found, Some((_, TokenSource::Cookie)));
-    let navigation = is_navigation(&parts.method, &parts.headers);
+    // Only a refused request needs to know whether it is a browser navigation.
     let refused = |reason: TokenError, outcome: &mut Outcome| {
         if from_cookie {
             outcome.set_cookie = Some(rt.cookie.clear());
         }
-        if navigation
+        if is_navigation(&parts.method, &parts.headers)
             && let Some(redirect) = login_redirect(rt, &path, parts.uri.query(), reason.clone())
         {
             return redirect;
@@ -604,11 +608,9 @@ async fn process(
     // spelling of every injected name, and only then the gateway's own values are added, so
     // nothing the client sends can remove or replace them.
     let headers = &mut parts.headers;
-    let request_id = headers.get(&X_REQUEST_ID).cloned();
     clean_request(headers, &rt.strip);
-    if let Some(id) = request_id {
-        // Set by the gateway, so no `Connection` header can have removed it.
-        headers.insert(X_REQUEST_ID.clone(), id);
+    if let Some(id) = &outcome.request_id {
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
     }
     if !route.forward_token {
         headers.remove(AUTHORIZATION);

@@ -49,7 +49,7 @@ pub fn target(config: &Path, admin_addr: Option<&str>) -> Result<Target, String>
     let default = || {
         DEFAULT_ADMIN_LISTEN
             .parse::<SocketAddr>()
-            .expect("DEFAULT_ADMIN_LISTEN is an IP:port")
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)))
     };
     let (addr, note) = match configured_listen(config) {
         None => (default(), None),

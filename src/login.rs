@@ -71,12 +71,17 @@ impl std::fmt::Debug for Login {
 /// Hashes a password as `authgate hash-password` does: argon2id, default parameters
 /// (m=19456 KiB, t=2, p=1), random 16-byte salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
+    hash_with(&Argon2::default(), password.as_bytes())
+}
+
+/// An argon2 PHC string for `password` with a random 16-byte salt.
+fn hash_with(argon: &Argon2<'_>, password: &[u8]) -> Result<String, String> {
     let mut salt = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt)
         .map_err(|_| "the system random number generator failed".to_string())?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
+    argon
+        .hash_password(password, &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
 }
@@ -87,7 +92,8 @@ fn quota(rate: RawRate) -> Option<Quota> {
 }
 
 /// A dummy hash with the same parameters as the first real one, so both paths cost the same.
-fn dummy_hash(users: &HashMap<String, User>) -> String {
+/// Failing to make one fails the config: without it unknown users would answer faster.
+fn dummy_hash(users: &HashMap<String, User>) -> Result<String, String> {
     let params = users
         .values()
         .next()
@@ -95,14 +101,8 @@ fn dummy_hash(users: &HashMap<String, User>) -> String {
         .and_then(|h| argon2::Params::try_from(&h).ok())
         .unwrap_or_default();
     let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut random = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut random);
-    let salt = SaltString::encode_b64(&random)
-        .unwrap_or_else(|_| SaltString::from_b64("c2FsdHNhbHRzYWx0").expect("static salt"));
-    argon
-        .hash_password(&random, &salt)
-        .map(|h| h.to_string())
-        .unwrap_or_default()
+    hash_with(&argon, b"no user has this password")
+        .map_err(|e| format!("cannot prepare the login route: {e}"))
 }
 
 fn check_user(
@@ -192,20 +192,8 @@ pub fn compile(raw: &RawLogin, src: &Source) -> Result<Login, Vec<Diagnostic>> {
         let file_path = src.resolve(file.as_str());
         match Source::read(&file_path) {
             Err(e) => errors.push(src.diagnostic(&at.key("users_file"), e)),
-            Ok(users_src) => match yaml_serde::from_str::<Vec<RawUser>>(&users_src.text) {
-                Err(e) => {
-                    let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-                    let msg = e.to_string();
-                    let msg = msg
-                        .rfind(" at line ")
-                        .map_or(msg.clone(), |p| msg[..p].to_owned());
-                    errors.push(Diagnostic {
-                        file: users_src.name.clone(),
-                        line,
-                        column,
-                        message: msg,
-                    });
-                }
+            Ok(users_src) => match users_src.parse_as::<Vec<RawUser>>() {
+                Err(diagnostic) => errors.push(diagnostic),
                 Ok(list) => {
                     for (i, user) in list.iter().enumerate() {
                         let p = KeyPath::root().index(i);
@@ -287,7 +275,7 @@ pub fn compile(raw: &RawLogin, src: &Source) -> Result<Login, Vec<Diagnostic>> {
     else {
         return Err(errors);
     };
-    let dummy_hash = dummy_hash(&users);
+    let dummy_hash = dummy_hash(&users).map_err(|e| vec![src.diagnostic(&at, e)])?;
     let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(Login {
         path,
@@ -645,7 +633,7 @@ impl LoginAnswer {
     }
     fn failed(error: GatewayError) -> Self {
         LoginAnswer {
-            response: error.into_response_ref(),
+            response: error.to_response(),
             user: None,
             error: Some(error),
         }

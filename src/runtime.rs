@@ -954,6 +954,37 @@ mod tests {
     }
 
     #[test]
+    fn cookie_settings_are_validated() {
+        let route = "  - name: a\n    upstream: app\n";
+        for (cookie, why) in [
+            (
+                "cookie: { same_site: None, secure: false }\n",
+                "SameSite=None needs `secure: true`",
+            ),
+            ("cookie: { name: \"bad name\" }\n", "is not a cookie name"),
+            (
+                "cookie: { domain: \"exa mple.com\" }\n",
+                "is not a domain name",
+            ),
+            (
+                "cookie: { refresh_before: 2h }\n",
+                "must be shorter than `tokens.ttl`",
+            ),
+        ] {
+            let err = compile_text(&format!("{cookie}{BASE}{route}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{cookie}: {err}");
+        }
+        let rt = compile_text(&format!(
+            "cookie: {{ name: s, secure: false, refresh_before: 10m }}\n{BASE}{route}"
+        ))
+        .unwrap();
+        assert_eq!(rt.cookie.name, "s");
+        assert_eq!(rt.cookie.refresh_before, Some(Duration::from_secs(600)));
+    }
+
+    #[test]
     fn strip_prefix_must_cover_the_match() {
         let err = compile_text(&format!(
             "{BASE}  - name: a\n    match: {{ path_prefix: /api }}\n    strip_prefix: /apix\n    upstream: app\n"

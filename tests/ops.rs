@@ -38,8 +38,7 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let (up, gw) = (Upstream::start().await, None::<()>);
-    let _ = gw;
+    let up = Upstream::start().await;
     let gw = Gateway::start(STANDARD, &up.url()).await;
     let r = admin(&gw, "/healthz").await;
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok\n"));

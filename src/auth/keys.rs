@@ -48,8 +48,9 @@ impl KeySet {
             .collect();
         KeySet { keys, by_id }
     }
-    pub fn by_id(&self, kid: &str) -> Option<&Key> {
-        self.by_id.get(kid).map(|&i| &self.keys[i])
+    /// The key named by `kid`, with its position (validations are kept in key order).
+    pub fn by_id(&self, kid: &str) -> Option<(usize, &Key)> {
+        self.by_id.get(kid).map(|&i| (i, &self.keys[i]))
     }
     pub fn iter(&self) -> impl Iterator<Item = &Key> {
         self.keys.iter()
@@ -89,18 +90,18 @@ fn min_secret_len(a: Algorithm) -> usize {
 
 /// Secrets generated for keys with `ephemeral_if_empty`, kept for the life of the process so a
 /// config reload does not invalidate every token.
-fn ephemeral_secret(id: &str) -> Vec<u8> {
+fn ephemeral_secret(id: &str) -> Result<Vec<u8>, String> {
     static SECRETS: OnceLock<Mutex<HashMap<String, Vec<u8>>>> = OnceLock::new();
     let map = SECRETS.get_or_init(Default::default);
     let mut map = map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    map.entry(id.to_owned())
-        .or_insert_with(|| {
-            let mut secret = vec![0u8; 32];
-            // aws-lc's system RNG; failure here means the OS has no randomness at all.
-            aws_lc_rs::rand::fill(&mut secret).expect("the system random number generator failed");
-            secret
-        })
-        .clone()
+    if let Some(secret) = map.get(id) {
+        return Ok(secret.clone());
+    }
+    let mut secret = vec![0u8; 32];
+    aws_lc_rs::rand::fill(&mut secret)
+        .map_err(|_| "cannot generate a secret: the system random number generator failed")?;
+    map.insert(id.to_owned(), secret.clone());
+    Ok(secret)
 }
 
 type KeyErrors = Vec<(KeyPath, String)>;
@@ -147,7 +148,8 @@ fn load_hmac(raw: &RawKey, src: &Source, at: &KeyPath, id: String) -> Result<Key
             )]);
         }
         (Some(s), None) if s.0.is_empty() && raw.ephemeral_if_empty => {
-            (ephemeral_secret(&id), true, "secret")
+            let secret = ephemeral_secret(&id).map_err(|e| vec![(at.key("secret"), e)])?;
+            (secret, true, "secret")
         }
         (Some(s), None) => (s.0.clone().into_bytes(), false, "secret"),
         (None, Some(file)) => {

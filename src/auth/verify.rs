@@ -140,6 +140,8 @@ const FORBIDDEN_HEADERS: [&str; 5] = ["jwk", "jku", "x5u", "x5c", "crit"];
 struct JoseHeader {
     alg: String,
     kid: Option<String>,
+    /// The payload's `iss`, not yet verified: it only picks the key set to try.
+    iss: Option<String>,
 }
 
 /// A JSON value whose objects, at every depth, have distinct members. RFC 7515 §4 lets
@@ -219,7 +221,11 @@ fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
     let header = decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
     // The payload is checked for duplicate members too (its claims are read after the
     // signature check, by serde_json, which would keep the last one silently).
-    decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
+    let payload = decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
+    let iss = match payload.get("iss") {
+        Some(Value::String(iss)) => Some(iss.clone()),
+        _ => None,
+    };
     for name in FORBIDDEN_HEADERS {
         if header.contains_key(name) {
             return Err(TokenError::ForbiddenHeader(name));
@@ -237,7 +243,7 @@ fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(TokenError::Malformed),
     };
-    Ok(JoseHeader { alg, kid })
+    Ok(JoseHeader { alg, kid, iss })
 }
 
 fn map_error(kind: &ErrorKind) -> TokenError {
@@ -341,15 +347,13 @@ impl Verifier {
             _ => return Err(TokenError::Malformed),
         }
         let header = parse_header(token)?;
-        if !self.providers.is_empty()
-            && let Some(provider) = self.provider_for(token)
-        {
+        if let Some(provider) = self.provider_for(header.iss.as_deref()) {
             let claims = verify_remote(provider, token, &header).await?;
             return self.finish(claims, false);
         }
         let claims = match &header.kid {
             Some(kid) => {
-                let (index, key) = self.key_by_id(kid)?;
+                let (index, key) = self.keys.by_id(kid).ok_or(TokenError::UnknownKeyId)?;
                 if !key.alg_name_is(&header.alg) {
                     return Err(TokenError::WrongAlgorithm);
                 }
@@ -362,30 +366,12 @@ impl Verifier {
 
     /// The provider whose issuer the (not yet verified) token names. Choosing the key set by
     /// `iss` is safe: each set only accepts tokens carrying its own issuer.
-    fn provider_for(&self, token: &str) -> Option<&Provider> {
-        let payload = token.split('.').nth(1)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .ok()?;
-        #[derive(serde::Deserialize)]
-        struct Iss {
-            iss: Option<String>,
-        }
-        let iss = serde_json::from_slice::<Iss>(&bytes).ok()?.iss?;
+    fn provider_for(&self, iss: Option<&str>) -> Option<&Provider> {
+        let iss = iss?;
         self.providers
             .iter()
             .find(|p| p.settings.issuer == iss)
             .map(|p| &**p)
-    }
-
-    fn key_by_id(&self, kid: &str) -> Result<(usize, &Key), TokenError> {
-        let key = self.keys.by_id(kid).ok_or(TokenError::UnknownKeyId)?;
-        let index = self
-            .keys
-            .iter()
-            .position(|k| std::ptr::eq(k, key))
-            .ok_or(TokenError::UnknownKeyId)?;
-        Ok((index, key))
     }
 
     /// No `kid`: each key pinned to the token's algorithm is tried in config order.

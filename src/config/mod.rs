@@ -775,17 +775,23 @@ impl Source {
 
     /// Parses the text into the raw structs.
     pub fn parse(&self) -> Result<RawConfig, ConfigError> {
+        self.parse_as()
+            .map_err(|diagnostic| ConfigError::Invalid(vec![diagnostic]))
+    }
+
+    /// Parses the text as any serde type (the config, a users file), an error located in it.
+    pub fn parse_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, Diagnostic> {
         yaml_serde::from_str(&self.text).map_err(|err| {
             let (line, column) = err
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((1, 1));
-            ConfigError::Invalid(vec![Diagnostic {
+            Diagnostic {
                 file: self.name.clone(),
                 line,
                 column,
                 message: strip_location(&err.to_string()),
-            }])
+            }
         })
     }
 

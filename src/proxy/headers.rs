@@ -78,21 +78,6 @@ impl StripSet {
             self.names.contains(name)
         }
     }
-
-    /// Removes every spelling of every injected header.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        if self.names.is_empty() {
-            return;
-        }
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| self.contains_str(name.as_str()))
-            .cloned()
-            .collect();
-        for name in doomed {
-            headers.remove(&name);
-        }
-    }
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
@@ -146,12 +131,15 @@ fn is_managed_variant(name: &str) -> bool {
 /// variant spellings of managed headers, and every spelling of every header some route
 /// injects.
 pub fn clean_request(headers: &mut HeaderMap, strip: &StripSet) {
-    clean(headers, |name| {
-        HOP_BY_HOP.contains(&name)
-            || OVERRIDES.contains(&name)
-            || strip.contains_str(name)
-            || is_managed_variant(name)
-    });
+    clean(headers, |name| dropped_from_requests(name, strip));
+}
+
+/// Whether a request header of this name is dropped (besides those named in `Connection`).
+pub fn dropped_from_requests(name: &str, strip: &StripSet) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || OVERRIDES.contains(&name)
+        || strip.contains_str(name)
+        || is_managed_variant(name)
 }
 
 fn clean(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
@@ -231,7 +219,7 @@ mod tests {
             ("x-user-idx", "keep"),
             ("accept", "keep"),
         ]);
-        set.strip(&mut h);
+        clean_request(&mut h, &set);
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["accept", "x-user-idx"]);
