@@ -7,18 +7,8 @@ use serde_json::json;
 /// STANDARD's routes plus: a number claim on the app route, a `forward_token` route, a route
 /// whose forwarded path starts with `/echo-body` (the harness upstream echoes those bodies) and
 /// a public route to the harness upstream's 1 MiB `/big` answer.
-const HEADERS: &str = r#"
-listen: "127.0.0.1:0"
-tokens:
-  issuer: authgate
-  audience: apps
-  leeway: 0s
-  keys:
-    - { id: k1, algorithm: HS256, secret: "{SECRET}" }
-upstreams:
-  app: "{UPSTREAM}"
-routes:
-  - name: public
+const HEADERS: &str = with_routes!(
+    r#"  - name: public
     match: { path_prefix: /public }
     upstream: app
     auth: none
@@ -40,7 +30,8 @@ routes:
     match: { path_prefix: /big }
     upstream: app
     auth: none
-"#;
+"#
+);
 
 const SPOOFED: [(&str, &str); 3] = [
     ("X-User-Id", "evil"),

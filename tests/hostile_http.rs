@@ -22,18 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// Routes: public `/public`; `/docs` public for GET only; an exact `/panel/settings` admin page;
 /// `/site` needing admin on host admin.example.com and public on any other host; `/admin`
 /// needing the admin role; `/app` needing any token. Misses are 404.
-const GATE: &str = r#"
-listen: "127.0.0.1:0"
-tokens:
-  issuer: authgate
-  audience: apps
-  leeway: 0s
-  keys:
-    - { id: k1, algorithm: HS256, secret: "{SECRET}" }
-upstreams:
-  app: "{UPSTREAM}"
-routes:
-  - name: public
+const GATE: &str = with_routes!(
+    r#"  - name: public
     match: { path_prefix: /public }
     upstream: app
     auth: none
@@ -64,7 +54,8 @@ routes:
     match: { path_prefix: /app }
     upstream: app
     headers: { X-User-Id: sub, X-User-Roles: roles, X-Tenant: org.tenant }
-"#;
+"#
+);
 
 /// GATE plus a catch-all that needs a token: anything not matched above is protected.
 fn catch_all_required() -> String {

@@ -29,22 +29,13 @@ routes:
 "#;
 
 /// The same with an issuer and an audience to check.
-const WITH_ISS_AUD: &str = r#"
-listen: "127.0.0.1:0"
-tokens:
-  issuer: authgate
-  audience: apps
-  leeway: 0s
-  keys:
-    - { id: k1, algorithm: HS256, secret: "{SECRET}" }
-upstreams:
-  app: "{UPSTREAM}"
-routes:
-  - name: app
+const WITH_ISS_AUD: &str = with_routes!(
+    r#"  - name: app
     match: { path_prefix: /app }
     upstream: app
     headers: { X-User-Id: sub, X-Roles: roles }
-"#;
+"#
+);
 
 /// Panics, telling how to fix it, unless `node` runs and node's jsonwebtoken is installed.
 fn require_node() {

@@ -33,22 +33,13 @@ fn assert_raw_400(status: u16, text: &str, up: &Upstream) {
 }
 
 /// A single public `/admin` prefix route and no catch-all, so a miss is a 404.
-const PREFIXES: &str = r#"
-listen: "127.0.0.1:0"
-tokens:
-  issuer: authgate
-  audience: apps
-  leeway: 0s
-  keys:
-    - { id: k1, algorithm: HS256, secret: "{SECRET}" }
-upstreams:
-  app: "{UPSTREAM}"
-routes:
-  - name: admin
+const PREFIXES: &str = with_routes!(
+    r#"  - name: admin
     match: { path_prefix: /admin }
     upstream: app
     auth: none
-"#;
+"#
+);
 
 /// One upstream base path per route: `/r-<name>` in front of the forwarded path tells which
 /// route took the request.

@@ -406,20 +406,26 @@ pub fn sign_pem(
     jsonwebtoken::encode(&header, claims, &key).unwrap()
 }
 
+/// A test config: listen on port 0, issuer `authgate`, audience `apps`, leeway 0s, the HS256
+/// key `k1` ([`SECRET`]), the upstream `app` at `{UPSTREAM}`, then `routes:` and the given
+/// route list.
+macro_rules! with_routes {
+    ($routes:literal) => {
+        concat!(
+            "\nlisten: \"127.0.0.1:0\"\ntokens:\n  issuer: authgate\n  audience: apps\n  leeway: 0s\n",
+            "  keys:\n    - { id: k1, algorithm: HS256, secret: \"{SECRET}\" }\n",
+            "upstreams:\n  app: \"{UPSTREAM}\"\nroutes:\n",
+            $routes
+        )
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use with_routes;
+
 /// The standard config used by most tests: a public route, an admin route with `allow`, an
 /// app route injecting headers, all pointing at `{UPSTREAM}`.
-pub const STANDARD: &str = r#"
-listen: "127.0.0.1:0"
-tokens:
-  issuer: authgate
-  audience: apps
-  leeway: 0s
-  keys:
-    - { id: k1, algorithm: HS256, secret: "{SECRET}" }
-upstreams:
-  app: "{UPSTREAM}"
-routes:
-  - name: public
+pub const STANDARD: &str = with_routes!(
+    r#"  - name: public
     match: { path_prefix: /public }
     upstream: app
     auth: none
@@ -432,7 +438,8 @@ routes:
     match: { path_prefix: /app }
     upstream: app
     headers: { X-User-Id: sub, X-User-Roles: roles, X-Tenant: org.tenant }
-"#;
+"#
+);
 
 pub fn map(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
