@@ -161,6 +161,7 @@ pub fn token(
         issuer: rt.tokens.issuer.as_deref(),
         audience: rt.tokens.audience.as_deref(),
         ttl,
+        sid: None,
     };
     crate::auth::issue::issue(rt.verifier.keys(), &options, sub, extra).map_err(|e| e.to_string())
 }

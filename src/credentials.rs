@@ -16,7 +16,20 @@ pub enum TokenSource {
     Cookie,
 }
 
-/// The bearer token, if any.
+/// token68 (RFC 9110 §11.2): the only characters a bearer token can have (a JWT uses a subset).
+fn is_token68(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+/// The bearer token, if any. Parsed strictly (RFC 9110 §11.6.2, RFC 6750 §2.1): one
+/// `Authorization` header holding one credential, `Bearer`, spaces, a token68. A value that
+/// other parsers could read differently (`Bearer<TAB>t`, `Basic x, Bearer t`, a token with
+/// odd characters) is refused rather than passed on unverified. A credential of another scheme
+/// (`Basic ...`) is not ours: `Ok(None)`, and it is never forwarded.
 pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
@@ -28,20 +41,30 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let value = value
         .to_str()
         .map_err(|_| GatewayError::Token(TokenError::Malformed))?
-        .trim();
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+        .trim_matches(' ');
+    if value.contains(',') {
+        return Err(GatewayError::BadRequest(
+            "several credentials in the Authorization header",
+        ));
+    }
+    let (scheme, rest) = value
+        .find([' ', '\t'])
+        .map_or((value, ""), |i| value.split_at(i));
     if !scheme.eq_ignore_ascii_case("bearer") {
-        // Another scheme (Basic, Digest...) carries no token of ours.
+        // `Bearer` glued to something: a malformed bearer credential, not another scheme.
+        if scheme.len() > 6 && scheme.as_bytes()[..6].eq_ignore_ascii_case(b"bearer") {
+            return Err(GatewayError::Token(TokenError::Malformed));
+        }
         return Ok(None);
     }
-    let token = rest.trim();
-    if token.is_empty() {
-        return Err(GatewayError::Token(TokenError::Malformed));
-    }
-    if token.contains([' ', ',', '\t']) {
+    let token = rest.trim_start_matches(' ');
+    if token.contains([' ', '\t']) {
         return Err(GatewayError::BadRequest(
             "several tokens in the Authorization header",
         ));
+    }
+    if rest.is_empty() || !is_token68(token) {
+        return Err(GatewayError::Token(TokenError::Malformed));
     }
     Ok(Some(token))
 }
@@ -103,6 +126,25 @@ mod tests {
             Err(GatewayError::BadRequest(_))
         ));
         assert!(matches!(b(&["Bearer"]), Err(GatewayError::Token(_))));
+        // Shapes other parsers read differently are refused, never passed on.
+        assert!(matches!(
+            b(&["Bearer\tabc"]),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(
+            b(&["Bearer \tabc"]),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert!(matches!(b(&["Bearerabc"]), Err(GatewayError::Token(_))));
+        assert!(matches!(
+            b(&["Bearer \"abc\""]),
+            Err(GatewayError::Token(_))
+        ));
+        assert!(matches!(
+            b(&["Basic x, Bearer abc"]),
+            Err(GatewayError::BadRequest(_))
+        ));
+        assert_eq!(b(&["Bearer a.b-c_d"]).unwrap().as_deref(), Some("a.b-c_d"));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum GatewayError {
     UpstreamTimeout,
     #[error("method not allowed here (allowed: {0})")]
     MethodNotAllowed(&'static str),
+    #[error("this method is not served")]
+    MethodNotImplemented,
     #[error("request body is too large")]
     PayloadTooLarge,
     #[error("send application/json or application/x-www-form-urlencoded")]
@@ -68,6 +70,7 @@ impl GatewayError {
             }
             GatewayError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::MethodNotImplemented => StatusCode::NOT_IMPLEMENTED,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -88,6 +91,7 @@ impl GatewayError {
             GatewayError::UpstreamUnreachable | GatewayError::UpstreamFailed => "bad_gateway",
             GatewayError::UpstreamTimeout => "gateway_timeout",
             GatewayError::MethodNotAllowed(_) => "method_not_allowed",
+            GatewayError::MethodNotImplemented => "not_implemented",
             GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::TooManyRequests(_) => "too_many_requests",

@@ -27,10 +27,12 @@ use crate::path::{normalize, strip_segments};
 use crate::proxy::forward::{BodyState, BodyWatch, stream, stream_watched};
 use crate::proxy::headers::{clean_request, remove_hop_by_hop, set_forwarded};
 use crate::proxy::{Body, echo, upgrade};
+use crate::routes::is_valid_authority;
 use crate::runtime::{Route, Runtime, Target};
 use crate::session::{
-    Revoked, encode_component, is_navigation, safe_next, same_origin, strip_session_cookie,
+    encode_component, is_navigation, safe_next, same_origin, strip_session_cookie,
 };
+use crate::state::{RateLimits, Revocations};
 use http_body_util::BodyExt;
 use tokio_util::task::TaskTracker;
 
@@ -39,8 +41,10 @@ use tokio_util::task::TaskTracker;
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     metrics: Metrics,
-    /// Token ids revoked by logout (kept across reloads).
-    revoked: Revoked,
+    /// Tokens and sessions revoked by logout (kept across reloads).
+    revocations: Revocations,
+    /// Login rate-limit buckets (kept across reloads; the config passes in the quotas).
+    limits: RateLimits,
     /// Upgraded (WebSocket) connections, so shutdown can wait for them.
     tunnels: TaskTracker,
 }
@@ -155,7 +159,8 @@ impl ConnectionMemo {
         let memo = last.as_ref()?;
         (memo.generation == rt.generation
             && *memo.token == *token
-            && memo.verified.exp > unix_now())
+            && memo.verified.exp > unix_now()
+            && memo.verified.key_is_live())
         .then(|| memo.verified.clone())
     }
 
@@ -178,7 +183,8 @@ impl Gateway {
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
-            revoked: Revoked::default(),
+            revocations: Revocations::default(),
+            limits: RateLimits::default(),
             tunnels: TaskTracker::new(),
         })
     }
@@ -197,8 +203,10 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Swaps in a new runtime; requests in flight keep the one they started with.
-    pub fn replace(&self, runtime: Runtime) {
+    /// Swaps in a new runtime; requests in flight keep the one they started with. Upstreams
+    /// that did not change keep their connection pools.
+    pub fn replace(&self, mut runtime: Runtime) {
+        runtime.adopt_pools(&self.runtime.load());
         runtime.bind_metrics(&self.metrics);
         runtime.start_background();
         self.runtime.store(Arc::new(runtime));
@@ -288,24 +296,34 @@ impl Gateway {
     }
 }
 
-/// The request's host: from an absolute-form target, else from the single `Host` header.
+/// The request's host: from an absolute-form target (or HTTP/2 `:authority`), else from the
+/// single `Host` header; it must be a valid `host[:port]`, and the two must agree.
 fn request_host(parts: &http::request::Parts) -> Result<Option<HeaderValue>, GatewayError> {
     let mut hosts = parts.headers.get_all(HOST).iter();
     let header = hosts.next().cloned();
     if hosts.next().is_some() {
         return Err(GatewayError::BadRequest("several Host headers"));
     }
-    match (parts.uri.authority(), header) {
-        (Some(authority), Some(h))
-            if !authority
-                .as_str()
-                .eq_ignore_ascii_case(h.to_str().unwrap_or("")) =>
-        {
+    let authority = parts.uri.authority().map(http::uri::Authority::as_str);
+    if authority.is_some_and(|a| !is_valid_authority(a.as_bytes()))
+        || header
+            .as_ref()
+            .is_some_and(|h| !is_valid_authority(h.as_bytes()))
+    {
+        return Err(GatewayError::BadRequest(
+            "the host must be a plain host[:port] (no userinfo, no percent-encoding)",
+        ));
+    }
+    match (authority, header) {
+        (Some(authority), Some(h)) if !authority.eq_ignore_ascii_case(h.to_str().unwrap_or("")) => {
             Err(GatewayError::BadRequest(
                 "request target and Host header name different hosts",
             ))
         }
-        (Some(authority), _) => Ok(HeaderValue::from_str(authority.as_str()).ok()),
+        (Some(authority), _) => Ok(HeaderValue::from_str(authority).ok()),
+        (None, None) if parts.version == Version::HTTP_11 => Err(GatewayError::BadRequest(
+            "HTTP/1.1 requests must carry a Host header",
+        )),
         (None, h) => Ok(h),
     }
 }
@@ -334,10 +352,9 @@ async fn authenticate(
         (AuthMode::Required, None) => return Err(TokenError::Missing),
         (AuthMode::Optional, None) => return Ok(None),
     };
-    if verified
-        .jti
-        .as_deref()
-        .is_some_and(|jti| gw.revoked.is_revoked(jti))
+    if gw
+        .revocations
+        .is_revoked(verified.jti.as_deref(), verified.sid.as_deref())
     {
         return Err(TokenError::Revoked);
     }
@@ -394,13 +411,16 @@ fn refreshed_cookie(rt: &Runtime, token: &VerifiedToken) -> Option<HeaderValue> 
         issuer: rt.tokens.issuer.as_deref(),
         audience: rt.tokens.audience.as_deref(),
         ttl: rt.tokens.ttl,
+        // The renewed token stays in its session, so logging out ends every copy.
+        sid: token.sid.as_deref(),
     };
     let fresh = issue(rt.verifier.keys(), &options, sub, claims).ok()?;
     rt.cookie.set(&fresh, rt.tokens.ttl)
 }
 
-/// `POST {login.logout_path}`: revokes the token (until its `exp`), clears the cookie, then
-/// sends a browser to the login page or answers an API client 204.
+/// `POST {login.logout_path}`: revokes the token (until its `exp`) and its whole session (every
+/// token carrying its `sid`, sliding renewals included), clears the cookie, then sends a
+/// browser to the login page or answers an API client 204.
 async fn logout(
     gw: &Gateway,
     rt: &Runtime,
@@ -420,7 +440,12 @@ async fn logout(
         && let Ok(verified) = rt.verifier.verify(token).await
     {
         if let Some(jti) = &verified.jti {
-            gw.revoked.revoke(jti, verified.exp);
+            gw.revocations.revoke_token(jti, verified.exp);
+        }
+        if let Some(sid) = &verified.sid {
+            // Every token of the session was issued before now, so none outlives this.
+            let until = unix_now() + rt.tokens.ttl.as_secs() + rt.tokens.leeway.as_secs();
+            gw.revocations.revoke_session(sid, until);
         }
         outcome.token = Some(verified);
     }
@@ -492,6 +517,9 @@ async fn process(
     {
         return Err(GatewayError::BadRequest("methods must be upper case"));
     }
+    if !rt.serves_method(&parts.method) {
+        return Err(GatewayError::MethodNotImplemented);
+    }
     let host = request_host(&parts)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let path = normalize(parts.uri.path())?;
@@ -512,6 +540,7 @@ async fn process(
                 query: parts.uri.query(),
                 body,
                 peer,
+                limits: &gw.limits,
             };
             let answer = login
                 .handle(request, rt.verifier.keys(), &rt.tokens, &rt.cookie)
@@ -542,7 +571,8 @@ async fn process(
     outcome.answered = Answered::Route(index);
 
     let found = credentials::token(&parts.headers, &rt.cookie.name)?;
-    let from_cookie = matches!(found, Some((_, TokenSource::Cookie)));
+    let source = found.map(|(_, source)| source);
+    let from_cookie = source == Some(TokenSource::Cookie);
     // Only a refused request needs to know whether it is a browser navigation.
     let refused = |reason: TokenError, outcome: &mut Outcome| {
         if from_cookie {
@@ -597,12 +627,10 @@ async fn process(
         }
         Target::Echo => upstream_path(route, "", &path, parts.uri.query())?,
     };
-    let websocket = upgrade::is_websocket(&parts.headers);
-    let client_upgrade = if websocket {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
+    let client_upgrade = upgrade::client_handshake(&parts.headers).and_then(|handshake| {
+        let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+        Some((on_upgrade, handshake))
+    });
 
     // Strip, then inject: hop-by-hop and `Connection`-named headers go first, then every
     // spelling of every injected name, and only then the gateway's own values are added, so
@@ -612,9 +640,18 @@ async fn process(
     if let Some(id) = &outcome.request_id {
         headers.insert(X_REQUEST_ID.clone(), id.clone());
     }
-    if !route.forward_token {
-        headers.remove(AUTHORIZATION);
-        strip_session_cookie(headers, &rt.cookie.name);
+    // Only the credential that was verified goes upstream, and only when the route asks for
+    // it: an unverified one (another scheme, a shape we refused to read, a cookie that did not
+    // verify on an optional route) never does.
+    match (route.forward_token && verified.is_some(), source) {
+        (true, Some(TokenSource::Header)) => {}
+        (true, Some(TokenSource::Cookie)) => {
+            headers.remove(AUTHORIZATION);
+        }
+        _ => {
+            headers.remove(AUTHORIZATION);
+            strip_session_cookie(headers, &rt.cookie.name);
+        }
     }
     set_forwarded(headers, peer.ip(), host.as_ref());
     if let Some(h) = &host {
@@ -685,18 +722,20 @@ async fn process(
             result?
         }
     };
-    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
-    remove_hop_by_hop(resp.headers_mut());
-    if switching {
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
         match client_upgrade {
-            Some(client) => {
+            Some((client, handshake)) if handshake.accepted_by(resp.headers()) => {
+                remove_hop_by_hop(resp.headers_mut());
                 upgrade::restore_upgrade_headers(resp.headers_mut());
                 let upstream_io = hyper::upgrade::on(&mut resp);
                 gw.tunnels.spawn(upgrade::tunnel(client, upstream_io));
             }
-            // A 101 the client never asked for cannot be honoured.
-            None => return Err(GatewayError::UpstreamFailed),
+            // A 101 the client never asked for, or that is not the WebSocket handshake it
+            // asked for, cannot be honoured: a raw tunnel would bypass every rule.
+            _ => return Err(GatewayError::UpstreamFailed),
         }
+    } else {
+        remove_hop_by_hop(resp.headers_mut());
     }
     Ok(resp.map(stream))
 }

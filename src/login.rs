@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +11,6 @@ use std::time::Duration;
 use argon2::password_hash::SaltString;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::header::{CONTENT_TYPE, HeaderValue, LOCATION, SET_COOKIE};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -29,6 +26,7 @@ use crate::login_page;
 use crate::proxy::Body;
 use crate::runtime::TokenSettings;
 use crate::session::{CookieSettings, safe_next, same_origin};
+use crate::state::{Quota, RateLimits};
 
 /// Longest username and password accepted (400 beyond), before any hashing.
 pub const MAX_USERNAME: usize = 256;
@@ -51,8 +49,8 @@ pub struct Login {
     /// Verified when the username is unknown, so that costs what a wrong password costs.
     dummy_hash: String,
     max_body: u64,
-    per_client: DefaultKeyedRateLimiter<IpAddr>,
-    per_username: DefaultKeyedRateLimiter<String>,
+    per_client: Quota,
+    per_username: Quota,
     trusted_proxies: Vec<IpNet>,
     hashing: Arc<Semaphore>,
     /// The users file, when there is one (watched for reloads).
@@ -87,22 +85,41 @@ fn hash_with(argon: &Argon2<'_>, password: &[u8]) -> Result<String, String> {
 }
 
 fn quota(rate: RawRate) -> Option<Quota> {
-    let burst = NonZeroU32::new(rate.requests)?;
-    Quota::with_period(rate.per.0 / rate.requests).map(|q| q.allow_burst(burst))
+    Quota::per(rate.requests, rate.per.0)
 }
 
 /// A dummy hash with the same parameters as the first real one, so both paths cost the same.
 /// Failing to make one fails the config: without it unknown users would answer faster.
+/// Made once per set of parameters for the life of the process: a reload does not pay for
+/// another (25-120 ms of argon2 and its memory).
 fn dummy_hash(users: &HashMap<String, User>) -> Result<String, String> {
+    static MADE: std::sync::OnceLock<std::sync::Mutex<HashMap<String, String>>> =
+        std::sync::OnceLock::new();
     let params = users
         .values()
         .next()
         .and_then(|u| PasswordHash::new(&u.hash).ok())
         .and_then(|h| argon2::Params::try_from(&h).ok())
         .unwrap_or_default();
+    let id = format!(
+        "{}/{}/{}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost()
+    );
+    // Loading a config is rare and off the request path; a poisoned lock still holds hashes.
+    let mut made = MADE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(hash) = made.get(&id) {
+        return Ok(hash.clone());
+    }
     let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    hash_with(&argon, b"no user has this password")
-        .map_err(|e| format!("cannot prepare the login route: {e}"))
+    let hash = hash_with(&argon, b"no user has this password")
+        .map_err(|e| format!("cannot prepare the login route: {e}"))?;
+    made.insert(id, hash.clone());
+    Ok(hash)
 }
 
 fn check_user(
@@ -285,8 +302,8 @@ pub fn compile(raw: &RawLogin, src: &Source) -> Result<Login, Vec<Diagnostic>> {
         users,
         dummy_hash,
         max_body: raw.max_body_bytes,
-        per_client: RateLimiter::keyed(per_client),
-        per_username: RateLimiter::keyed(per_username),
+        per_client,
+        per_username,
         trusted_proxies,
         hashing: Arc::new(Semaphore::new(permits)),
         users_file,
@@ -321,18 +338,10 @@ fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
         .unwrap_or(peer)
 }
 
-fn check_rate<K: std::hash::Hash + Eq + Clone>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-) -> Result<(), GatewayError> {
-    // Keep the keyed state bounded under a flood of distinct keys.
-    if limiter.len() > 100_000 {
-        limiter.retain_recent();
-    }
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        GatewayError::TooManyRequests(wait.max(Duration::from_secs(1)))
-    })
+fn check_rate(limits: &RateLimits, key: &str, quota: Quota) -> Result<(), GatewayError> {
+    limits
+        .check(key, quota)
+        .map_err(|wait| GatewayError::TooManyRequests(wait.max(Duration::from_secs(1))))
 }
 
 enum Form {
@@ -490,9 +499,11 @@ impl Login {
         if !same_origin(req.headers, req.host) {
             return Err(fail(GatewayError::CrossSite));
         }
+        let client = client_ip(req.headers, req.peer.ip(), &self.trusted_proxies);
         check_rate(
-            &self.per_client,
-            &client_ip(req.headers, req.peer.ip(), &self.trusted_proxies),
+            req.limits,
+            &format!("login-client:{client}"),
+            self.per_client,
         )
         .map_err(fail)?;
         let body = read_body(req.body, req.headers, self.max_body)
@@ -501,8 +512,12 @@ impl Login {
         let creds = parse_credentials(form, &body).map_err(fail)?;
         let username = creds.username;
         let next = creds.next;
-        check_rate(&self.per_username, &username)
-            .map_err(|e| (e, username.clone(), next.clone()))?;
+        check_rate(
+            req.limits,
+            &format!("login-user:{username}"),
+            self.per_username,
+        )
+        .map_err(|e| (e, username.clone(), next.clone()))?;
         if !self.verify(&username, creds.password).await {
             return Err((GatewayError::InvalidCredentials, username, next));
         }
@@ -515,6 +530,7 @@ impl Login {
             issuer: tokens.issuer.as_deref(),
             audience: tokens.audience.as_deref(),
             ttl: tokens.ttl,
+            sid: None,
         };
         let token = issue(keys, &options, &username, claims).map_err(|e| {
             tracing::error!(error = %e, "cannot sign a token for a successful login");
@@ -614,6 +630,8 @@ pub struct LoginRequest<'a> {
     pub query: Option<&'a str>,
     pub body: Incoming,
     pub peer: SocketAddr,
+    /// The gateway's rate-limit buckets (they outlive config reloads).
+    pub limits: &'a RateLimits,
 }
 
 /// The login route's answer: the response, who logged in, and the failure (for metrics).
@@ -659,6 +677,14 @@ mod tests {
                 .verify_password(b"wrong", &parsed)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn the_dummy_hash_is_made_once_per_parameters() {
+        let users = HashMap::new();
+        let first = dummy_hash(&users).unwrap();
+        // A fresh hash has a fresh random salt: equal strings mean no second argon2 run.
+        assert_eq!(dummy_hash(&users).unwrap(), first);
     }
 
     #[test]

@@ -139,6 +139,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     logins: Family<ResultLabels, Counter>,
     pub config_loaded: Gauge,
+    /// Client connections open on the main listener.
+    pub open_connections: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -230,6 +232,12 @@ impl Metrics {
             config_loaded.clone(),
         );
         config_loaded.set(1);
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open on the main listener (each holds one of server.max_connections)",
+            open_connections.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -240,6 +248,7 @@ impl Metrics {
             reloads,
             logins,
             config_loaded,
+            open_connections,
         }
     }
 

@@ -20,6 +20,14 @@ pub enum PathError {
     Control,
     #[error("`#` is not allowed in the path")]
     Fragment,
+    /// Backends disagree on it: some decode it before splitting `;params` off (`/admin%3Bx`
+    /// is their `/admin`), others do not.
+    #[error("encoded `;` (%3B) is not allowed in the path")]
+    EncodedSemicolon,
+    /// Some backends decode it and then cut the path at the fragment (`/admin%23/x` is their
+    /// `/admin`).
+    #[error("encoded `#` (%23) is not allowed in the path")]
+    EncodedHash,
     #[error("bad percent-encoding in the path")]
     BadPercent,
     #[error("a dot segment with parameters (`..;`) is not allowed in the path")]
@@ -131,6 +139,8 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
         let decoded = hi << 4 | lo;
         match decoded {
             b'/' => return Err(PathError::EncodedSlash),
+            b';' => return Err(PathError::EncodedSemicolon),
+            b'#' => return Err(PathError::EncodedHash),
             b'\\' => return Err(PathError::Backslash),
             0 => return Err(PathError::Nul),
             d if is_unreserved(d) => out.push(d as char),
@@ -238,6 +248,9 @@ mod tests {
         assert_eq!(n("/a%00"), Err(PathError::Nul));
         assert_eq!(n("/a\0"), Err(PathError::Nul));
         assert_eq!(n("/a#b"), Err(PathError::Fragment));
+        assert_eq!(n("/admin%3Bx/x"), Err(PathError::EncodedSemicolon));
+        assert_eq!(n("/admin%3b"), Err(PathError::EncodedSemicolon));
+        assert_eq!(n("/admin%23/x"), Err(PathError::EncodedHash));
         assert_eq!(n("/a\nb"), Err(PathError::Control));
         assert_eq!(n("/a%zz"), Err(PathError::BadPercent));
         assert_eq!(n("/a%2"), Err(PathError::BadPercent));

@@ -60,6 +60,47 @@ pub fn host_name(host: &str) -> &str {
     name.strip_suffix('.').unwrap_or(name)
 }
 
+/// Whether `value` is a valid `host[:port]` (RFC 3986 §3.2.2-3.2.3, RFC 9112 §3.2): a
+/// registered name of letters, digits, `-`, `.` and `_` (container names use it), or an IPv6
+/// literal in brackets, then an optional port. Userinfo (`user@host`), percent-encoding and
+/// every other byte are refused: URL parsers disagree on what such hosts mean, so the gateway
+/// and a backend could see different hosts.
+pub fn is_valid_authority(value: &[u8]) -> bool {
+    let (host_ok, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = std::str::from_utf8(&value[1..end]).ok();
+        (
+            literal.is_some_and(|l| l.parse::<std::net::Ipv6Addr>().is_ok()),
+            &value[end + 1..],
+        )
+    } else {
+        let (host, port) = match value.iter().rposition(|&b| b == b':') {
+            Some(i) => (&value[..i], &value[i..]),
+            None => (value, &value[value.len()..]),
+        };
+        let name_ok = !host.is_empty()
+            && host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        (name_ok, port)
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        // `host:` (an empty port) is allowed by RFC 3986.
+        Some((b':', digits)) => {
+            digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(digits)
+                    .ok()
+                    .is_some_and(|d| d.is_empty() || d.parse::<u16>().is_ok())
+        }
+        Some(_) => false,
+    };
+    host_ok && port_ok
+}
+
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
@@ -225,6 +266,39 @@ fn covers(earlier: &Matcher, later: &Matcher) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities_are_host_and_optional_port() {
+        for good in [
+            "app.example.com",
+            "APP.example.com.",
+            "app:8080",
+            "app:",
+            "my_service:3000",
+            "10.0.0.1:80",
+            "[::1]:8443",
+            "[2001:db8::1]",
+        ] {
+            assert!(is_valid_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "evil@admin.example.com",
+            "adm%69n.example.com",
+            "admin.example.com:99999",
+            "admin.example.com:8o",
+            "admin example.com",
+            "admin.example.com/x",
+            "[::1",
+            "[nope]:80",
+            "[::1]x",
+            ":80",
+            "a\\b",
+            "host:80:80",
+        ] {
+            assert!(!is_valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
 
     fn m(path: PathMatch) -> Matcher {
         Matcher {

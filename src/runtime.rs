@@ -92,6 +92,8 @@ pub struct TokenSettings {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub ttl: Duration,
+    /// Clock skew allowed on `exp`: a revoked session is kept that much longer.
+    pub leeway: Duration,
 }
 
 /// Everything the request path needs, compiled once per (re)load.
@@ -116,6 +118,8 @@ pub struct Runtime {
     pub cookie: CookieSettings,
     /// The JWK Set of every asymmetric key's public half (`None` when all keys are HMAC).
     pub jwks: Option<bytes::Bytes>,
+    /// Methods served besides RFC 9110's and PATCH (`server.extra_methods`).
+    pub extra_methods: Vec<Method>,
     /// Non-fatal findings (routes that can never match).
     pub warnings: Vec<Diagnostic>,
 }
@@ -204,6 +208,40 @@ impl Runtime {
         }
     }
 
+    /// Takes over the connection pools of `previous` for every upstream whose server and
+    /// timeouts did not change, so a reload keeps warm connections.
+    pub fn adopt_pools(&mut self, previous: &Runtime) {
+        for upstream in &mut self.upstreams {
+            let Target::Http {
+                scheme,
+                authority,
+                client,
+                ..
+            } = &mut upstream.target
+            else {
+                continue;
+            };
+            let same = previous.upstreams.iter().find_map(|old| match &old.target {
+                Target::Http {
+                    scheme: s,
+                    authority: a,
+                    client: c,
+                    ..
+                } if s == scheme
+                    && a == authority
+                    && old.connect_timeout == upstream.connect_timeout
+                    && old.timeout == upstream.timeout =>
+                {
+                    Some(c)
+                }
+                _ => None,
+            });
+            if let Some(pool) = same {
+                *client = pool.clone();
+            }
+        }
+    }
+
     pub fn upstream(&self, route: &Route) -> &Upstream {
         &self.upstreams[route.upstream]
     }
@@ -254,6 +292,7 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
         })
         .ok();
     let server = compile_server(&raw, &mut errors);
+    let extra_methods = compile_extra_methods(&raw, &mut errors);
     let cookie = compile_cookie(&raw, &mut errors);
     let keys = compile_keys(&raw, src, &mut errors);
     let providers = compile_providers(&raw, &mut errors);
@@ -366,12 +405,57 @@ fn compile(raw: RawConfig, src: &Source) -> Result<Runtime, Errors> {
             issuer: options.issuer.clone(),
             audience: options.audience.clone(),
             ttl: raw.tokens.ttl.0,
+            leeway: raw.tokens.leeway.0,
         },
         login: None,
         cookie,
         jwks,
+        extra_methods,
         warnings,
     })
+}
+
+/// `server.extra_methods`: upper-case method names (methods are case-sensitive, RFC 9110 §9.1).
+fn compile_extra_methods(raw: &RawConfig, errors: &mut Errors) -> Vec<Method> {
+    let at = KeyPath::root().key("server").key("extra_methods");
+    let mut methods = Vec::new();
+    for (i, text) in raw.server.extra_methods.iter().enumerate() {
+        let name = text.as_str();
+        match Method::from_bytes(name.as_bytes()) {
+            Ok(m)
+                if !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') =>
+            {
+                methods.push(m)
+            }
+            _ => errors.push((
+                at.index(i),
+                format!("`{name}` is not an upper-case method name (e.g. PROPFIND)"),
+            )),
+        }
+    }
+    methods
+}
+
+impl Runtime {
+    /// Whether the method is served: RFC 9110's methods, PATCH (RFC 5789) and
+    /// `server.extra_methods`. Backends treat unknown methods in their own ways (some as GET),
+    /// so anything else is refused before routing.
+    pub fn serves_method(&self, method: &Method) -> bool {
+        matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::POST
+                | Method::PUT
+                | Method::DELETE
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PATCH
+        ) || self.extra_methods.contains(method)
+    }
 }
 
 /// The published JWK Set (RFC 7517): public keys only, each with its `kid`, `alg` and `use`.

@@ -354,3 +354,55 @@ async fn embedded_key_urls_never_cause_an_outbound_request() {
     assert_eq!(idp.fetches(), before);
     assert!(up.seen().is_empty());
 }
+
+/// A key the IdP withdrew takes every verification it made with it: the claims cache and the
+/// per-connection memo must not keep serving a token verified before the withdrawal.
+#[tokio::test]
+async fn a_withdrawn_idp_key_voids_cached_verifications() {
+    let keep = IdpKey::new("a");
+    let old = IdpKey::new("b-old");
+    let idp = Idp::start(200, jwks(&[&keep, &old])).await;
+    let up = Upstream::start().await;
+    let gw = Gateway::start(&config(&idp, "0s", "15m"), &up.url()).await;
+    wait_ready(&gw).await;
+    let old_token = old.sign(&idp_claims("ann"));
+    let kept_token = keep.sign(&idp_claims("bob"));
+
+    // A keep-alive connection verifies the token once (memo), a fresh one hits the cache.
+    let stream = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut conn, driver) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(driver);
+    let on_conn = |token: &str| {
+        http::Request::get("/x")
+            .header("host", "gw")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = conn.send_request(on_conn(&old_token)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+    assert_eq!(gw.get_with_token("/x", &old_token).await.status, 200);
+
+    // The IdP drops b-old; a token naming an unknown kid makes the gateway fetch again.
+    idp.set(200, jwks(&[&keep]));
+    let fetched = idp.fetches();
+    let unknown = IdpKey::new("c").sign(&idp_claims("x"));
+    assert_eq!(gw.get_with_token("/x", &unknown).await.status, 401);
+    assert_eq!(idp.fetches(), fetched + 1);
+
+    gw.get_with_token("/x", &old_token)
+        .await
+        .assert_error(401, "invalid_token", "key id");
+    let r = conn.send_request(on_conn(&old_token)).await.unwrap();
+    assert_eq!(
+        r.status(),
+        401,
+        "the connection memo kept a withdrawn key's token"
+    );
+    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+    // The key still published keeps its cached verifications.
+    assert_eq!(gw.get_with_token("/x", &kept_token).await.status, 200);
+}

@@ -81,8 +81,9 @@ impl ClaimsCache {
             .inner
             .as_ref()
             .and_then(|c| c.get(&key(token)))
-            // moka's expiry has a granularity; the token's own `exp` is the hard limit.
-            .filter(|hit| hit.exp > unix_now());
+            // moka's expiry has a granularity; the token's own `exp` is the hard limit. A key
+            // its provider withdrew takes its verifications with it.
+            .filter(|hit| hit.exp > unix_now() && hit.key_is_live());
         if let Some((hits, misses)) = self.counters.get() {
             if found.is_some() {
                 hits.inc()

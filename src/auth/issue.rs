@@ -9,7 +9,7 @@ use super::keys::KeySet;
 use super::verify::unix_now;
 
 /// Claims the issuer sets itself; callers cannot override them.
-pub const RESERVED_CLAIMS: [&str; 7] = ["sub", "iss", "aud", "exp", "nbf", "iat", "jti"];
+pub const RESERVED_CLAIMS: [&str; 8] = ["sub", "iss", "aud", "exp", "nbf", "iat", "jti", "sid"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
@@ -26,9 +26,12 @@ pub struct IssueOptions<'a> {
     pub issuer: Option<&'a str>,
     pub audience: Option<&'a str>,
     pub ttl: Duration,
+    /// The session the token belongs to (`sid`); `None` starts a new session.
+    pub sid: Option<&'a str>,
 }
 
-fn jti() -> String {
+/// A random 128-bit identifier, hex-encoded (`jti`, `sid`).
+fn random_id() -> String {
     let mut bytes = [0u8; 16];
     // A failing system RNG leaves zeros; jti uniqueness is then lost but nothing else breaks.
     let _ = aws_lc_rs::rand::fill(&mut bytes);
@@ -59,7 +62,9 @@ pub fn issue(
     claims.insert("iat".into(), now.into());
     claims.insert("nbf".into(), now.into());
     claims.insert("exp".into(), (now + options.ttl.as_secs()).into());
-    claims.insert("jti".into(), jti().into());
+    claims.insert("jti".into(), random_id().into());
+    let sid = options.sid.map_or_else(random_id, str::to_owned);
+    claims.insert("sid".into(), sid.into());
     let mut header = Header::new(key.alg);
     header.kid = Some(key.id.clone());
     jsonwebtoken::encode(&header, &claims, encoding).map_err(|e| IssueError::Signing(e.to_string()))

@@ -21,6 +21,18 @@ const MAX_DOCUMENT: usize = 1024 * 1024;
 pub struct RemoteKey {
     pub alg: Algorithm,
     pub decoding: DecodingKey,
+    /// The JWK as published, to tell an unchanged key from a new one under the same `kid`.
+    published: String,
+    /// Cleared when a fetch no longer finds this key in the set: verifications it made are
+    /// then void, cached ones included.
+    live: Arc<AtomicBool>,
+}
+
+impl RemoteKey {
+    /// The flag a verification made with this key keeps, to know whether the key still holds.
+    pub fn liveness(&self) -> Arc<AtomicBool> {
+        self.live.clone()
+    }
 }
 
 /// The keys of one fetch.
@@ -31,6 +43,35 @@ pub struct KeySnapshot {
 }
 
 impl KeySnapshot {
+    /// Carries over the keys of `old` that are published unchanged (so the verifications they
+    /// made stay valid) and retires the others.
+    fn succeed(mut self, old: &KeySnapshot) -> KeySnapshot {
+        let unchanged = |key: &Arc<RemoteKey>| {
+            old.all
+                .iter()
+                .find(|o| o.published == key.published)
+                .cloned()
+        };
+        for key in self.all.iter_mut() {
+            if let Some(same) = unchanged(key) {
+                *key = same;
+            }
+        }
+        for key in self.by_kid.values_mut() {
+            if let Some(same) = unchanged(key) {
+                *key = same;
+            }
+        }
+        for gone in old
+            .all
+            .iter()
+            .filter(|o| !self.all.iter().any(|k| Arc::ptr_eq(k, o)))
+        {
+            gone.live.store(false, Ordering::Release);
+        }
+        self
+    }
+
     pub fn by_kid(&self, kid: &str) -> Option<&Arc<RemoteKey>> {
         self.by_kid.get(kid)
     }
@@ -119,7 +160,12 @@ pub fn parse_jwks(document: &[u8]) -> Result<KeySnapshot, FetchError> {
         let (Some(alg), Ok(decoding)) = (key_algorithm(&jwk), DecodingKey::from_jwk(&jwk)) else {
             continue;
         };
-        let key = Arc::new(RemoteKey { alg, decoding });
+        let key = Arc::new(RemoteKey {
+            alg,
+            decoding,
+            published: raw.to_string(),
+            live: Arc::new(AtomicBool::new(true)),
+        });
         if let Some(kid) = &jwk.common.key_id {
             snapshot.by_kid.insert(kid.clone(), key.clone());
         }
@@ -213,6 +259,7 @@ impl Provider {
         match result {
             Ok(snapshot) => {
                 let count = snapshot.all.len();
+                let snapshot = snapshot.succeed(&self.keys.load());
                 self.keys.store(Arc::new(snapshot));
                 self.fetched_once.store(true, Ordering::Release);
                 tracing::info!(url = %self.settings.url, keys = count, "JWKS fetched");

@@ -4,6 +4,7 @@
 //! `kid` and its configured algorithm is the only one accepted.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -98,6 +99,11 @@ pub struct VerifiedToken {
     pub sub: Option<String>,
     /// `jti`, when it is a string (for revocation).
     pub jti: Option<String>,
+    /// `sid`, the session the token belongs to, when it is a string (for revocation).
+    pub sid: Option<String>,
+    /// For a token verified with a remote provider's key: whether that key is still
+    /// published. A verification never outlives its key (cached copies included).
+    pub key_live: Option<Arc<AtomicBool>>,
     /// Verified with authgate's own keys (not a remote provider's): only such tokens are
     /// re-issued by the sliding session.
     pub local: bool,
@@ -107,6 +113,13 @@ pub struct VerifiedToken {
 }
 
 impl VerifiedToken {
+    /// False once the remote key that verified this token has been withdrawn by its provider.
+    pub fn key_is_live(&self) -> bool {
+        self.key_live
+            .as_ref()
+            .is_none_or(|live| live.load(Ordering::Acquire))
+    }
+
     /// The rendered header value for header claim `index`.
     pub fn header_value(&self, index: usize) -> Result<Option<&HeaderValue>, RenderError> {
         match self.header_values.get(index) {
@@ -348,8 +361,10 @@ impl Verifier {
         }
         let header = parse_header(token)?;
         if let Some(provider) = self.provider_for(header.iss.as_deref()) {
-            let claims = verify_remote(provider, token, &header).await?;
-            return self.finish(claims, false);
+            let (claims, live) = verify_remote(provider, token, &header).await?;
+            let mut verified = self.finish(claims, false)?;
+            verified.key_live = Some(live);
+            return Ok(verified);
         }
         let claims = match &header.kid {
             Some(kid) => {
@@ -443,11 +458,14 @@ impl Verifier {
             .map(|path| render(path.lookup(&claims)))
             .collect();
         let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+        let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
         Ok(VerifiedToken {
             claims,
             exp,
             sub,
             jti,
+            sid,
+            key_live: None,
             local,
             header_values,
         })
@@ -455,12 +473,13 @@ impl Verifier {
 }
 
 /// Verifies with a remote provider's keys: by `kid` (fetching again once per cooldown when it
-/// is unknown), or without a kid each key of the token's algorithm in turn.
+/// is unknown), or without a kid each key of the token's algorithm in turn. Returns the claims
+/// and the liveness flag of the key that verified them.
 async fn verify_remote(
     provider: &Provider,
     token: &str,
     header: &JoseHeader,
-) -> Result<Map<String, Value>, TokenError> {
+) -> Result<(Map<String, Value>, Arc<AtomicBool>), TokenError> {
     let alg: Option<jsonwebtoken::Algorithm> = header.alg.parse().ok();
     let decode = |key: &RemoteKey| {
         if Some(key.alg) != alg {
@@ -471,7 +490,7 @@ async fn verify_remote(
             &key.decoding,
             &provider.validation(key.alg),
         )
-        .map(|d| d.claims)
+        .map(|d| (d.claims, key.liveness()))
         .map_err(|e| map_error(e.kind()))
     };
     match &header.kid {

@@ -99,6 +99,10 @@ pub struct RawServer {
     /// Default 10 MiB; a route's `max_body_bytes` overrides it.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// Methods served besides RFC 9110's (GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE) and
+    /// PATCH, e.g. WebDAV's `PROPFIND`. Any other method is answered 501 before routing.
+    #[serde(default)]
+    pub extra_methods: Vec<Text>,
 }
 
 fn default_max_body_bytes() -> u64 {
@@ -126,6 +130,7 @@ impl Default for RawServer {
             max_connections: default_max_connections(),
             shutdown_grace: default_shutdown_grace(),
             max_body_bytes: default_max_body_bytes(),
+            extra_methods: Vec::new(),
         }
     }
 }
