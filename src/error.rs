@@ -47,6 +47,10 @@ pub enum GatewayError {
     InvalidCredentials,
     #[error("internal error")]
     Internal,
+    /// Login, refresh and logout need the state store; without it they refuse rather than
+    /// pretend (a logout that was not recorded is not a logout).
+    #[error("the session store is unavailable; try again shortly")]
+    StoreUnavailable(#[from] crate::state::StoreError),
     #[error("this form was sent from another site")]
     CrossSite,
     /// A browser navigation without a usable session: off to the login page.
@@ -76,6 +80,7 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::CrossSite => StatusCode::FORBIDDEN,
             GatewayError::LoginRedirect { .. } => StatusCode::FOUND,
         }
@@ -97,6 +102,7 @@ impl GatewayError {
             GatewayError::TooManyRequests(_) => "too_many_requests",
             GatewayError::InvalidCredentials => "invalid_credentials",
             GatewayError::Internal => "internal_error",
+            GatewayError::StoreUnavailable(_) => "store_unavailable",
             GatewayError::CrossSite => "cross_site_request",
             GatewayError::LoginRedirect { .. } => "login_required",
         }

@@ -32,7 +32,7 @@ use crate::runtime::{Route, Runtime, Target};
 use crate::session::{
     encode_component, is_navigation, safe_next, same_origin, strip_session_cookie,
 };
-use crate::state::{RateLimits, Revocations};
+use crate::state::{MemoryStore, Mirror, Revocation, Store};
 use http_body_util::BodyExt;
 use tokio_util::task::TaskTracker;
 
@@ -41,10 +41,11 @@ use tokio_util::task::TaskTracker;
 pub struct Gateway {
     runtime: ArcSwap<Runtime>,
     metrics: Metrics,
-    /// Tokens and sessions revoked by logout (kept across reloads).
-    revocations: Revocations,
-    /// Login rate-limit buckets (kept across reloads; the config passes in the quotas).
-    limits: RateLimits,
+    /// Revocations, sessions and login rate-limit buckets (kept across reloads; the config
+    /// passes in the quotas).
+    store: Arc<dyn Store>,
+    /// The revocations requests are checked against, kept current by the store.
+    mirror: Arc<Mirror>,
     /// Upgraded (WebSocket) connections, so shutdown can wait for them.
     tunnels: TaskTracker,
 }
@@ -180,13 +181,28 @@ impl Gateway {
         let metrics = Metrics::new();
         runtime.bind_metrics(&metrics);
         runtime.start_background();
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let mirror = Arc::new(Mirror::default());
+        mirror.spawn_sync(store.clone());
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             metrics,
-            revocations: Revocations::default(),
-            limits: RateLimits::default(),
+            store,
+            mirror,
             tunnels: TaskTracker::new(),
         })
+    }
+
+    /// Records a revocation in the store and, at once, in this process's mirror.
+    async fn revoke(&self, revocation: Revocation) -> Result<(), GatewayError> {
+        self.store.revoke(revocation.clone()).await?;
+        self.mirror.apply(&revocation);
+        Ok(())
+    }
+
+    /// The revocation mirror (readiness).
+    pub fn mirror(&self) -> &Mirror {
+        &self.mirror
     }
 
     /// Upgraded connections still open (shutdown waits for them, up to the grace period).
@@ -352,10 +368,12 @@ async fn authenticate(
         (AuthMode::Required, None) => return Err(TokenError::Missing),
         (AuthMode::Optional, None) => return Ok(None),
     };
-    if gw
-        .revocations
-        .is_revoked(verified.jti.as_deref(), verified.sid.as_deref())
-    {
+    if gw.mirror.is_revoked(
+        verified.jti.as_deref(),
+        verified.sid.as_deref(),
+        verified.sub.as_deref(),
+        verified.iat,
+    ) {
         return Err(TokenError::Revoked);
     }
     Ok(Some(verified))
@@ -440,12 +458,20 @@ async fn logout(
         && let Ok(verified) = rt.verifier.verify(token).await
     {
         if let Some(jti) = &verified.jti {
-            gw.revocations.revoke_token(jti, verified.exp);
+            gw.revoke(Revocation::Token {
+                jti: jti.clone(),
+                until: verified.exp,
+            })
+            .await?;
         }
         if let Some(sid) = &verified.sid {
             // Every token of the session was issued before now, so none outlives this.
             let until = unix_now() + rt.tokens.ttl.as_secs() + rt.tokens.leeway.as_secs();
-            gw.revocations.revoke_session(sid, until);
+            gw.revoke(Revocation::Session {
+                sid: sid.clone(),
+                until,
+            })
+            .await?;
         }
         outcome.token = Some(verified);
     }
@@ -540,7 +566,7 @@ async fn process(
                 query: parts.uri.query(),
                 body,
                 peer,
-                limits: &gw.limits,
+                limits: &*gw.store,
             };
             let answer = login
                 .handle(request, rt.verifier.keys(), &rt.tokens, &rt.cookie)

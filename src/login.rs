@@ -26,7 +26,7 @@ use crate::login_page;
 use crate::proxy::Body;
 use crate::runtime::TokenSettings;
 use crate::session::{CookieSettings, safe_next, same_origin};
-use crate::state::{Quota, RateLimits};
+use crate::state::{Quota, Store};
 
 /// Longest username and password accepted (400 beyond), before any hashing.
 pub const MAX_USERNAME: usize = 256;
@@ -338,9 +338,10 @@ fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
         .unwrap_or(peer)
 }
 
-fn check_rate(limits: &RateLimits, key: &str, quota: Quota) -> Result<(), GatewayError> {
+async fn check_rate(limits: &dyn Store, key: &str, quota: Quota) -> Result<(), GatewayError> {
     limits
-        .check(key, quota)
+        .take(key, quota)
+        .await?
         .map_err(|wait| GatewayError::TooManyRequests(wait.max(Duration::from_secs(1))))
 }
 
@@ -505,6 +506,7 @@ impl Login {
             &format!("login-client:{client}"),
             self.per_client,
         )
+        .await
         .map_err(fail)?;
         let body = read_body(req.body, req.headers, self.max_body)
             .await
@@ -517,6 +519,7 @@ impl Login {
             &format!("login-user:{username}"),
             self.per_username,
         )
+        .await
         .map_err(|e| (e, username.clone(), next.clone()))?;
         if !self.verify(&username, creds.password).await {
             return Err((GatewayError::InvalidCredentials, username, next));
@@ -630,8 +633,8 @@ pub struct LoginRequest<'a> {
     pub query: Option<&'a str>,
     pub body: Incoming,
     pub peer: SocketAddr,
-    /// The gateway's rate-limit buckets (they outlive config reloads).
-    pub limits: &'a RateLimits,
+    /// Where the rate-limit buckets live (they outlive config reloads).
+    pub limits: &'a dyn Store,
 }
 
 /// The login route's answer: the response, who logged in, and the failure (for metrics).

@@ -101,6 +101,8 @@ pub struct VerifiedToken {
     pub jti: Option<String>,
     /// `sid`, the session the token belongs to, when it is a string (for revocation).
     pub sid: Option<String>,
+    /// `iat` (for per-user revocation cutoffs).
+    pub iat: Option<u64>,
     /// For a token verified with a remote provider's key: whether that key is still
     /// published. A verification never outlives its key (cached copies included).
     pub key_live: Option<Arc<AtomicBool>>,
@@ -459,12 +461,14 @@ impl Verifier {
             .collect();
         let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
         let sid = claims.get("sid").and_then(Value::as_str).map(str::to_owned);
+        let iat = claims.get("iat").and_then(Value::as_u64);
         Ok(VerifiedToken {
             claims,
             exp,
             sub,
             jti,
             sid,
+            iat,
             key_live: None,
             local,
             header_values,

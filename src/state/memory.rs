@@ -1,79 +1,44 @@
-//! The in-process backend: moka caches whose entries expire by themselves when they no longer
-//! matter (a revocation when the last token it covers has expired, a bucket when it is full
-//! again).
+//! The in-process store (`memory:`): nothing survives a restart and nothing is shared with
+//! other replicas. Also the rate-limit arithmetic (GCRA) the other backends mirror.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::sync::Cache;
+use tokio::sync::broadcast;
 
 use super::Quota;
+use super::store::{
+    Exchange, NewSession, Revocation, Rotation, SessionInfo, Store, StoreError, TokenHash,
+};
 use crate::auth::verify::unix_now;
 
-/// Most revocations and buckets kept; beyond it the least recently used go first.
-const MAX_ENTRIES: u64 = 1_000_000;
-
-/// Keeps a revocation until `until` (seconds since the epoch), plus a second for rounding.
-struct UntilEpochSecs;
-
-impl Expiry<String, u64> for UntilEpochSecs {
-    fn expire_after_create(&self, _: &String, until: &u64, _: Instant) -> Option<Duration> {
-        Some(Duration::from_secs(until.saturating_sub(unix_now()) + 1))
-    }
-}
-
-/// Revoked token ids (`jti`) and sessions (`sid`).
-pub struct Revocations {
-    tokens: Cache<String, u64>,
-    sessions: Cache<String, u64>,
-    /// Until the first revocation there is nothing to look up (the common case stays free).
-    used: AtomicBool,
-}
-
-impl Default for Revocations {
-    fn default() -> Self {
-        let cache = || {
-            Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .expire_after(UntilEpochSecs)
-                .build()
-        };
-        Revocations {
-            tokens: cache(),
-            sessions: cache(),
-            used: AtomicBool::new(false),
-        }
-    }
-}
-
-impl Revocations {
-    /// Refuses the token `jti` until `until`, when it expires anyway.
-    pub fn revoke_token(&self, jti: &str, until: u64) {
-        self.tokens.insert(jti.to_owned(), until);
-        self.used.store(true, Ordering::Release);
-    }
-
-    /// Refuses every token of session `sid` until `until`, when the last token issued for it
-    /// before now has expired.
-    pub fn revoke_session(&self, sid: &str, until: u64) {
-        self.sessions.insert(sid.to_owned(), until);
-        self.used.store(true, Ordering::Release);
-    }
-
-    pub fn is_revoked(&self, jti: Option<&str>, sid: Option<&str>) -> bool {
-        self.used.load(Ordering::Acquire)
-            && (jti.is_some_and(|j| self.tokens.contains_key(j))
-                || sid.is_some_and(|s| self.sessions.contains_key(s)))
-    }
-}
+/// Most rate-limit buckets kept; beyond it the least recently used go first.
+const MAX_BUCKETS: u64 = 1_000_000;
 
 /// Nanoseconds on a monotonic clock shared by every bucket of the process.
 fn monotonic_nanos() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One GCRA step (the "theoretical arrival time" form of a token bucket): given the bucket's
+/// stored TAT (`None`: a full bucket) and `now`, the new TAT, or how long until an attempt is
+/// free. Same unit for every argument (nanoseconds here, milliseconds in the shared stores).
+pub fn gcra(tat: Option<u64>, now: u64, quota: Quota, unit: Duration) -> Result<u64, u64> {
+    let per_unit = unit.as_nanos().max(1);
+    let interval = u64::try_from(quota.interval.as_nanos() / per_unit).unwrap_or(u64::MAX);
+    let tolerance = interval.saturating_mul(u64::from(quota.burst.saturating_sub(1)));
+    let tat = tat.map_or(now, |t| t.max(now));
+    if tat - now > tolerance {
+        Err(tat - now - tolerance)
+    } else {
+        Ok(tat.saturating_add(interval))
+    }
 }
 
 /// Drops a bucket when it has refilled completely: a missing bucket is a full one.
@@ -94,43 +59,195 @@ impl Expiry<String, u64> for UntilFull {
     }
 }
 
-/// Keyed token buckets (GCRA: one "theoretical arrival time" per key). The quota is passed in
-/// on every check, so a reload that changes it keeps every bucket's state.
-pub struct RateLimits {
+struct Session {
+    info: SessionInfo,
+}
+
+/// A refresh token's record: live until `expires`, or spent at `spent` (kept to detect reuse
+/// until its session ends).
+struct Refresh {
+    sid: String,
+    expires: u64,
+    spent: Option<u64>,
+}
+
+#[derive(Default)]
+struct Sessions {
+    sessions: HashMap<String, Session>,
+    tokens: HashMap<TokenHash, Refresh>,
+}
+
+impl Sessions {
+    fn end(&mut self, sid: &str) -> Option<SessionInfo> {
+        self.tokens.retain(|_, t| t.sid != sid);
+        self.sessions.remove(sid).map(|s| s.info)
+    }
+
+    fn sweep(&mut self, now: u64) {
+        self.sessions.retain(|_, s| s.info.expires > now);
+        let sessions = &self.sessions;
+        self.tokens
+            .retain(|_, t| sessions.contains_key(&t.sid) && (t.spent.is_some() || t.expires > now));
+    }
+}
+
+/// `memory:` — everything in this process.
+pub struct MemoryStore {
+    revocations: Mutex<Vec<Revocation>>,
+    changes: broadcast::Sender<Revocation>,
+    /// Login, refresh and logout only: never the request path, so a mutex is fine here.
+    sessions: Mutex<Sessions>,
     buckets: Cache<String, u64>,
 }
 
-impl Default for RateLimits {
+impl Default for MemoryStore {
     fn default() -> Self {
-        RateLimits {
+        MemoryStore {
+            revocations: Mutex::default(),
+            changes: broadcast::channel(1024).0,
+            sessions: Mutex::default(),
             buckets: Cache::builder()
-                .max_capacity(MAX_ENTRIES)
+                .max_capacity(MAX_BUCKETS)
                 .expire_after(UntilFull)
                 .build(),
         }
     }
 }
 
-impl RateLimits {
-    /// Takes one attempt from `key`'s bucket, or says how long until one is available.
-    pub fn check(&self, key: &str, quota: Quota) -> Result<(), Duration> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere cannot leave these maps half-updated in a way that matters more than
+    // refusing every login would.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn revoke(&self, revocation: Revocation) -> Result<(), StoreError> {
+        let now = unix_now();
+        let mut all = lock(&self.revocations);
+        all.retain(|r| r.until() > now);
+        all.push(revocation.clone());
+        drop(all);
+        let _ = self.changes.send(revocation);
+        Ok(())
+    }
+
+    async fn revocations(&self, now: u64) -> Result<Vec<Revocation>, StoreError> {
+        Ok(lock(&self.revocations)
+            .iter()
+            .filter(|r| r.until() > now)
+            .cloned()
+            .collect())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Revocation> {
+        self.changes.subscribe()
+    }
+
+    async fn create_session(&self, s: NewSession) -> Result<(), StoreError> {
+        let mut all = lock(&self.sessions);
+        all.sweep(unix_now());
+        all.tokens.insert(
+            s.refresh,
+            Refresh {
+                sid: s.sid.clone(),
+                expires: s.refresh_expires.min(s.expires),
+                spent: None,
+            },
+        );
+        let info = SessionInfo {
+            sid: s.sid.clone(),
+            sub: s.sub,
+            claims: s.claims,
+            expires: s.expires,
+        };
+        all.sessions.insert(s.sid, Session { info });
+        Ok(())
+    }
+
+    async fn rotate(&self, x: Exchange) -> Result<Rotation, StoreError> {
+        let mut all = lock(&self.sessions);
+        let Some(token) = all.tokens.get(&x.presented) else {
+            return Ok(Rotation::Invalid);
+        };
+        let sid = token.sid.clone();
+        let Some(info) = all
+            .sessions
+            .get(&sid)
+            .map(|s| s.info.clone())
+            .filter(|i| i.expires > x.now)
+        else {
+            return Ok(Rotation::Invalid);
+        };
+        match token.spent {
+            Some(at) if x.now.saturating_sub(at) >= x.reuse_grace => {
+                all.end(&sid);
+                return Ok(Rotation::Reused { sid, sub: info.sub });
+            }
+            None if token.expires <= x.now => return Ok(Rotation::Invalid),
+            _ => {}
+        }
+        if let Some(t) = all.tokens.get_mut(&x.presented) {
+            t.spent.get_or_insert(x.now);
+        }
+        all.tokens.insert(
+            x.next,
+            Refresh {
+                sid,
+                expires: x.next_expires.min(info.expires),
+                spent: None,
+            },
+        );
+        Ok(Rotation::Rotated(info))
+    }
+
+    async fn end_session(&self, sid: &str) -> Result<Option<SessionInfo>, StoreError> {
+        Ok(lock(&self.sessions).end(sid))
+    }
+
+    async fn end_user_sessions(&self, sub: &str) -> Result<Vec<String>, StoreError> {
+        let mut all = lock(&self.sessions);
+        let sids: Vec<String> = all
+            .sessions
+            .values()
+            .filter(|s| s.info.sub == sub)
+            .map(|s| s.info.sid.clone())
+            .collect();
+        for sid in &sids {
+            all.end(sid);
+        }
+        Ok(sids)
+    }
+
+    async fn take(&self, key: &str, quota: Quota) -> Result<Result<(), Duration>, StoreError> {
         let now = monotonic_nanos();
-        let interval = u64::try_from(quota.interval.as_nanos()).unwrap_or(u64::MAX);
-        let tolerance = interval.saturating_mul(u64::from(quota.burst.saturating_sub(1)));
         let mut refused = None;
         // One compute per key at a time: two concurrent attempts cannot both take the last one.
         self.buckets
             .entry(key.to_owned())
             .and_compute_with(|entry| {
-                let tat = entry.map_or(now, |e| (*e.value()).max(now));
-                if tat - now > tolerance {
-                    refused = Some(Duration::from_nanos(tat - now - tolerance));
-                    Op::Nop
-                } else {
-                    Op::Put(tat.saturating_add(interval))
+                match gcra(
+                    entry.map(|e| *e.value()),
+                    now,
+                    quota,
+                    Duration::from_nanos(1),
+                ) {
+                    Ok(tat) => Op::Put(tat),
+                    Err(wait) => {
+                        refused = Some(Duration::from_nanos(wait));
+                        Op::Nop
+                    }
                 }
             });
-        refused.map_or(Ok(()), Err)
+        Ok(refused.map_or(Ok(()), Err))
     }
 }
 
@@ -138,48 +255,38 @@ impl RateLimits {
 mod tests {
     use super::*;
 
-    #[test]
-    fn buckets_allow_a_burst_then_refill_evenly() {
-        let limits = RateLimits::default();
+    #[tokio::test]
+    async fn buckets_allow_a_burst_then_refill_evenly() {
+        let store = MemoryStore::default();
         let quota = Quota::per(3, Duration::from_secs(60)).unwrap();
         for _ in 0..3 {
-            assert_eq!(limits.check("a", quota), Ok(()));
+            assert_eq!(store.take("a", quota).await, Ok(Ok(())));
         }
-        let wait = limits.check("a", quota).unwrap_err();
+        let wait = store.take("a", quota).await.unwrap().unwrap_err();
         assert!(
             wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
             "{wait:?}"
         );
-        assert_eq!(limits.check("b", quota), Ok(()), "keys are independent");
-        let fast = Quota::per(1, Duration::from_millis(20)).unwrap();
-        assert_eq!(limits.check("c", fast), Ok(()));
-        assert!(limits.check("c", fast).is_err());
-        std::thread::sleep(Duration::from_millis(25));
-        assert_eq!(limits.check("c", fast), Ok(()));
-    }
-
-    #[test]
-    fn revocations_cover_tokens_and_sessions() {
-        let r = Revocations::default();
-        assert!(!r.is_revoked(Some("j"), Some("s")));
-        r.revoke_token("j", unix_now() + 60);
-        r.revoke_session("s2", unix_now() + 60);
-        assert!(r.is_revoked(Some("j"), None));
-        assert!(r.is_revoked(None, Some("s2")));
-        assert!(r.is_revoked(Some("other"), Some("s2")));
-        assert!(!r.is_revoked(Some("other"), Some("s")));
-    }
-
-    #[test]
-    fn quotas_need_requests_and_time() {
-        assert!(Quota::per(0, Duration::from_secs(1)).is_none());
-        assert!(Quota::per(5, Duration::ZERO).is_none());
         assert_eq!(
-            Quota::per(20, Duration::from_secs(60)),
-            Some(Quota {
-                burst: 20,
-                interval: Duration::from_secs(3)
-            })
+            store.take("b", quota).await,
+            Ok(Ok(())),
+            "keys are independent"
         );
+        let fast = Quota::per(1, Duration::from_millis(20)).unwrap();
+        assert_eq!(store.take("c", fast).await, Ok(Ok(())));
+        assert!(store.take("c", fast).await.unwrap().is_err());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert_eq!(store.take("c", fast).await, Ok(Ok(())));
+    }
+
+    #[test]
+    fn gcra_in_milliseconds_matches_nanoseconds() {
+        let quota = Quota::per(2, Duration::from_secs(1)).unwrap();
+        let ms = Duration::from_millis(1);
+        let t1 = gcra(None, 1000, quota, ms).unwrap();
+        assert_eq!(t1, 1500);
+        let t2 = gcra(Some(t1), 1000, quota, ms).unwrap();
+        assert_eq!(gcra(Some(t2), 1000, quota, ms), Err(500));
+        assert_eq!(gcra(Some(t2), 1500, quota, ms), Ok(2500));
     }
 }

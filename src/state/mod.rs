@@ -1,11 +1,18 @@
-//! Security state that outlives a request and a config reload: revoked tokens and sessions,
-//! and login rate-limit buckets. Owned by the gateway, not by the reloadable config, so saving
-//! the config file never un-revokes a session or refills an attacker's bucket; the config only
-//! passes in the quotas.
+//! Security state that outlives a request and a config reload: revocations, sessions with
+//! their refresh tokens, and login rate-limit buckets. Owned by the gateway, not by the
+//! reloadable config, so saving the config file never un-revokes a session or refills an
+//! attacker's bucket; the config only passes in the quotas.
+//!
+//! `store` is the interface, `memory` the in-process backend; `mirror` is the local copy of the
+//! revocations that the request path reads.
 
 pub mod memory;
+pub mod mirror;
+pub mod store;
 
-pub use memory::{RateLimits, Revocations};
+pub use memory::MemoryStore;
+pub use mirror::Mirror;
+pub use store::{Revocation, Store, StoreError};
 
 use std::time::Duration;
 
@@ -25,5 +32,23 @@ impl Quota {
             burst: requests,
             interval,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_need_requests_and_time() {
+        assert!(Quota::per(0, Duration::from_secs(1)).is_none());
+        assert!(Quota::per(5, Duration::ZERO).is_none());
+        assert_eq!(
+            Quota::per(20, Duration::from_secs(60)),
+            Some(Quota {
+                burst: 20,
+                interval: Duration::from_secs(3)
+            })
+        );
     }
 }
