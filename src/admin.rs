@@ -39,7 +39,7 @@ fn answer(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
-            let rt = gateway.runtime();
+            let rt = gateway.snapshot();
             let waiting: Vec<&str> = rt
                 .verifier
                 .providers()

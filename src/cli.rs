@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Map, Value};
 
 use crate::config::parse_duration;
+use crate::proxy::upstream::Target;
 use crate::routes::PathMatch;
-use crate::runtime::{Runtime, Target};
+use crate::snapshot::Snapshot;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -147,7 +148,7 @@ pub fn parse_claims(args: &[String]) -> Result<Map<String, Value>, String> {
 
 /// Signs a token as `authgate token` does.
 pub fn token(
-    rt: &Runtime,
+    rt: &Snapshot,
     sub: &str,
     claims: &[String],
     ttl: Option<&str>,
@@ -155,19 +156,16 @@ pub fn token(
     let extra = parse_claims(claims)?;
     let ttl = match ttl {
         Some(t) => parse_duration(t)?,
-        None => rt.tokens.ttl,
+        None => rt.issuer.ttl(),
     };
-    let options = crate::auth::issue::IssueOptions {
-        issuer: rt.tokens.issuer.as_deref(),
-        audience: rt.tokens.audience.as_deref(),
-        ttl,
-        sid: None,
-    };
-    crate::auth::issue::issue(rt.verifier.keys(), &options, sub, extra).map_err(|e| e.to_string())
+    rt.issuer
+        .issue_for(sub, extra, None, ttl)
+        .map(|issued| issued.token)
+        .map_err(|e| e.to_string())
 }
 
 /// The route table as `authgate check` prints it.
-pub fn route_table(rt: &Runtime) -> String {
+pub fn route_table(rt: &Snapshot) -> String {
     let mut rows = vec![[
         "#".to_string(),
         "route".into(),

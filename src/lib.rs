@@ -1,23 +1,29 @@
 //! authgate: an auth gateway reverse proxy. It verifies a JWT on every request against
 //! per-route rules from a YAML file and forwards authorized requests with claims injected as
-//! headers. `gateway.yaml -> config::RawConfig -> runtime::Runtime -> gateway::Gateway`.
+//! headers. `gateway.yaml -> config::RawConfig -> (boot::Boot, snapshot::Snapshot) ->
+//! gateway::Gateway`; a request goes `request::RequestView -> policy::authorize -> proxy`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;
+pub mod boot;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod endpoints;
 pub mod error;
 pub mod gateway;
 pub mod healthcheck;
 pub mod login;
-pub mod login_page;
 pub mod metrics;
 pub mod path;
+pub mod policy;
 pub mod proxy;
+pub mod request;
+pub mod response;
 pub mod routes;
-pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod state;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use authgate::cli::{self, Cli, Command, LogFormat};
-use authgate::runtime::Runtime;
 use authgate::server;
+use authgate::snapshot::Loaded;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -50,8 +50,8 @@ fn main() -> ExitCode {
 }
 
 fn check(cli: &Cli) -> ExitCode {
-    match Runtime::load(&cli.config) {
-        Ok(rt) => {
+    match Loaded::load(&cli.config) {
+        Ok(Loaded { snapshot: rt, .. }) => {
             print!("{}", cli::route_table(&rt));
             for w in &rt.warnings {
                 eprintln!("{w}");
@@ -82,7 +82,9 @@ fn hash_password() -> anyhow::Result<()> {
 }
 
 fn token(cli: &Cli, sub: &str, claims: &[String], ttl: Option<&str>) -> anyhow::Result<()> {
-    let rt = Runtime::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rt = Loaded::load(&cli.config)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .snapshot;
     if !rt.ephemeral_keys().is_empty() {
         anyhow::bail!(
             "the signing key's secret is ephemeral (JWT_SECRET is not set): a token signed here would not be accepted by a running gateway; set JWT_SECRET for both"
@@ -101,12 +103,11 @@ fn healthcheck(cli: &Cli, admin_addr: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    let runtime =
-        Runtime::load(&cli.config).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
-    for w in &runtime.warnings {
+    let loaded = Loaded::load(&cli.config).map_err(|e| anyhow::anyhow!("invalid config:\n{e}"))?;
+    for w in &loaded.snapshot.warnings {
         tracing::warn!("{w}");
     }
-    for id in runtime.ephemeral_keys() {
+    for id in loaded.snapshot.ephemeral_keys() {
         tracing::warn!(
             key = id,
             "NO SECRET CONFIGURED: key `{id}` uses a random secret generated for this process. Tokens will not survive a restart and `authgate token` cannot sign for it. Set JWT_SECRET (e.g. `export JWT_SECRET=$(openssl rand -hex 32)`)."
@@ -117,18 +118,18 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     tokio.block_on(async {
-        let listen = runtime.listen;
+        let listen = loaded.boot.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let admin_listen = runtime.admin_listen;
+        let admin_listen = loaded.boot.admin_listen;
         let admin_listener = tokio::net::TcpListener::bind(admin_listen)
             .await
             .with_context(|| format!("cannot listen on {admin_listen} (admin.listen)"))?;
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let routes = runtime.routes.len();
-        let gateway = authgate::gateway::Gateway::new(runtime);
+        let routes = loaded.snapshot.routes.len();
+        let gateway = authgate::gateway::Gateway::new(loaded);
         tokio::spawn(authgate::admin::serve(gateway.clone(), admin_listener));
         // Signal handlers first: once "listening" is logged, SIGTERM and SIGHUP are handled.
         let shutdown = server::shutdown_signal();

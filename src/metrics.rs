@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
+use crate::endpoints::Endpoint;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
@@ -104,29 +106,41 @@ impl RouteMetrics {
     }
 }
 
-/// Reasons a token or request can be refused, pre-registered so failures need no lookup.
-pub const AUTH_FAILURE_REASONS: [&str; 20] = [
-    "missing",
-    "too_large",
-    "malformed",
-    "encrypted",
-    "unsigned",
-    "forbidden_header",
-    "unknown_kid",
-    "wrong_algorithm",
-    "bad_signature",
-    "expired",
-    "not_yet_valid",
-    "missing_claim",
-    "bad_claim",
-    "wrong_issuer",
-    "wrong_audience",
-    "insufficient_scope",
+/// Results of a login attempt (`authgate_login_attempts_total`): the same words as the error
+/// codes in the answer's body and the log.
+pub const LOGIN_RESULTS: [&str; 4] = [
+    "success",
     "invalid_credentials",
-    "rate_limited",
-    "revoked",
-    "cross_site_request",
+    "too_many_requests",
+    "bad_request",
 ];
+
+/// The metric handles of one snapshot, looked up once when it is installed (never per request).
+#[derive(Debug)]
+pub struct Bound {
+    pub routes: Vec<RouteMetrics>,
+    pub upstreams: Vec<LatencyHistogram>,
+    /// One per [`Endpoint`], in [`Endpoint::ALL`] order.
+    pub endpoints: Vec<RouteMetrics>,
+    pub unmatched: RouteMetrics,
+}
+
+impl Bound {
+    pub fn new(metrics: &Metrics, routes: &[&str], upstreams: &[&str]) -> Bound {
+        Bound {
+            routes: routes.iter().map(|r| metrics.route(r)).collect(),
+            upstreams: upstreams.iter().map(|u| metrics.upstream(u)).collect(),
+            endpoints: Endpoint::ALL
+                .iter()
+                .map(|e| metrics.route(e.label()))
+                .collect(),
+            unmatched: metrics.route(UNMATCHED),
+        }
+    }
+}
+
+/// The `route` label of requests no route and no endpoint took.
+pub const UNMATCHED: &str = "(none)";
 
 /// Every series the gateway exports.
 pub struct Metrics {
@@ -155,88 +169,113 @@ impl Default for Metrics {
     }
 }
 
+/// A counter family registered with its help text; `values` pre-creates the label values
+/// that exist, so they are exported (at 0) before they first happen.
+fn counter_family<L>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: impl Fn(&str) -> L,
+    values: &[&str],
+) -> Family<L, Counter>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    let family = Family::<L, Counter>::default();
+    registry.register(name, help, family.clone());
+    for v in values {
+        let _ = family.get_or_create(&label(v));
+    }
+    family
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::default();
+    registry.register(name, help, c.clone());
+    c
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    registry.register(name, help, g.clone());
+    g
+}
+
+fn reason(r: &str) -> ReasonLabels {
+    ReasonLabels {
+        reason: r.to_owned(),
+    }
+}
+
+fn result(r: &str) -> ResultLabels {
+    ResultLabels {
+        result: r.to_owned(),
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("authgate");
+        let r = &mut registry;
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        r.register(
             "requests",
             "Requests answered, by route and status class",
             requests.clone(),
         );
-        let failures = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let reasons = crate::error::AUTH_FAILURE_REASONS;
+        let failures = counter_family(
+            r,
             "auth_failures",
             "Requests refused for authentication or authorization, by reason",
-            failures.clone(),
+            reason,
+            &reasons,
         );
-        let auth_failures = AUTH_FAILURE_REASONS
+        let auth_failures = reasons
             .iter()
-            .map(|r| {
-                let labels = ReasonLabels {
-                    reason: (*r).to_owned(),
-                };
-                (*r, failures.get_or_create(&labels).clone())
-            })
+            .map(|x| (*x, failures.get_or_create(&reason(x)).clone()))
             .collect();
         let upstream_latency = Family::<UpstreamLabels, LatencyHistogram>::default();
-        registry.register_with_unit(
+        r.register_with_unit(
             "upstream_duration",
             "Time from sending a request upstream to its response headers",
             prometheus_client::registry::Unit::Seconds,
             upstream_latency.clone(),
         );
-        let cache_hits = Counter::default();
-        registry.register(
+        let cache_hits = counter(
+            r,
             "claims_cache_hits",
             "Tokens verified from the claims cache",
-            cache_hits.clone(),
         );
-        let cache_misses = Counter::default();
-        registry.register(
+        let cache_misses = counter(
+            r,
             "claims_cache_misses",
             "Tokens verified with a signature check",
-            cache_misses.clone(),
         );
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let reloads = counter_family(
+            r,
             "config_reloads",
             "Config reloads, by result (ok or error)",
-            reloads.clone(),
+            result,
+            &["ok", "error"],
         );
-        for result in ["ok", "error"] {
-            let _ = reloads.get_or_create(&ResultLabels {
-                result: result.into(),
-            });
-        }
-        let logins = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let logins = counter_family(
+            r,
             "login_attempts",
             "Login attempts, by result",
-            logins.clone(),
+            result,
+            &LOGIN_RESULTS,
         );
-        for result in [
-            "success",
-            "invalid_credentials",
-            "rate_limited",
-            "bad_request",
-        ] {
-            let _ = logins.get_or_create(&ResultLabels {
-                result: result.into(),
-            });
-        }
-        let config_loaded = Gauge::default();
-        registry.register(
+        let config_loaded = gauge(
+            r,
             "config_last_reload_success",
             "1 when the last reload attempt succeeded, 0 when the running config is older than the file",
-            config_loaded.clone(),
         );
         config_loaded.set(1);
-        let open_connections = Gauge::default();
-        registry.register(
+        let open_connections = gauge(
+            r,
             "open_connections",
             "Client connections open on the main listener (each holds one of server.max_connections)",
-            open_connections.clone(),
         );
         Metrics {
             registry,

@@ -96,7 +96,7 @@ fn app_page(req: &Request<Incoming>, record: &Mutex<Vec<AppRequest>>) -> Respons
         .get("x-user-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("nobody");
-    let user = authgate::login_page::escape(user);
+    let user = authgate::login::page::escape(user);
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Dashboard</title></head>\n\
          <body><h1>Dashboard</h1><p id=\"who\">signed in as {user}</p>\n\

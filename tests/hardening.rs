@@ -118,8 +118,8 @@ async fn a_configmap_symlink_swap_is_applied() {
     std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/gateway.yaml", d.join("gateway.yaml")).unwrap();
     let config = d.join("gateway.yaml");
-    let runtime = authgate::runtime::Runtime::load(&config).unwrap();
-    let handle = authgate::server::spawn(runtime, Some("127.0.0.1:0".parse().unwrap()))
+    let loaded = authgate::snapshot::Loaded::load(&config).unwrap();
+    let handle = authgate::server::spawn(loaded, Some("127.0.0.1:0".parse().unwrap()))
         .await
         .unwrap();
     authgate::server::watch_files(handle.gateway.clone(), config).unwrap();
@@ -406,7 +406,7 @@ async fn extra_methods_must_be_upper_case_names() {
         .replace("{UPSTREAM}", "http://127.0.0.1:9")
         .replace("{SECRET}", SECRET);
     std::fs::write(&path, yaml).unwrap();
-    let err = authgate::runtime::Runtime::load(&path)
+    let err = authgate::snapshot::Loaded::load(&path)
         .unwrap_err()
         .to_string();
     assert!(

@@ -569,7 +569,7 @@ async fn exp_u64_max_neither_overflows_nor_breaks_the_cache() {
         accepted(&r, &up, "/app/x", "alice", &format!("round {round}"));
     }
     assert_eq!(
-        gw.handle.gateway.runtime().verifier.cache().entry_count(),
+        gw.handle.gateway.snapshot().verifier.cache().entry_count(),
         1
     );
 }
@@ -974,7 +974,7 @@ async fn weak_hmac_secrets_are_refused_at_startup() {
         let path = dir.path().join("gateway.yaml");
         std::fs::write(&path, &yaml).unwrap();
         assert!(
-            authgate::runtime::Runtime::load(&path).is_err(),
+            authgate::snapshot::Loaded::load(&path).is_err(),
             "{alg} loads"
         );
     }
@@ -1030,7 +1030,7 @@ async fn one_megabyte_token_is_refused_and_never_forwarded() {
     refused(&r, &up, "17 KiB token");
     assert!(r.json()["message"].as_str().unwrap().contains("16 KiB"));
     assert_eq!(
-        gw.handle.gateway.runtime().verifier.cache().entry_count(),
+        gw.handle.gateway.snapshot().verifier.cache().entry_count(),
         0
     );
 }
@@ -1113,7 +1113,7 @@ async fn two_thousand_junk_tokens_do_not_grow_the_claims_cache() {
     assert!(statuses.iter().all(|&s| s == 401), "{statuses:?}");
     assert!(up.seen().is_empty());
     assert_eq!(
-        gw.handle.gateway.runtime().verifier.cache().entry_count(),
+        gw.handle.gateway.snapshot().verifier.cache().entry_count(),
         0
     );
 }
@@ -1140,7 +1140,7 @@ async fn two_thousand_valid_tokens_keep_the_cache_bounded() {
     subs.sort();
     subs.dedup();
     assert_eq!(subs.len(), 2000, "every request carried its own identity");
-    let count = gw.handle.gateway.runtime().verifier.cache().entry_count();
+    let count = gw.handle.gateway.snapshot().verifier.cache().entry_count();
     assert!(count <= 110, "{count} entries with max_entries 100");
 }
 
@@ -1208,7 +1208,7 @@ routes:
         if gw
             .handle
             .gateway
-            .runtime()
+            .snapshot()
             .verifier
             .providers()
             .iter()
@@ -1218,7 +1218,7 @@ routes:
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!(gw.handle.gateway.runtime().verifier.providers()[0].is_ready());
+    assert!(gw.handle.gateway.snapshot().verifier.providers()[0].is_ready());
     let before = fetches.load(Ordering::SeqCst);
     let idp_claims = |sub: &str| json!({"sub": sub, "iss": "https://idp.test/", "aud": "apps", "exp": now() + 600});
     let addr = gw.addr();

@@ -135,7 +135,7 @@ async fn wait_ready(gw: &Gateway) {
         if gw
             .handle
             .gateway
-            .runtime()
+            .snapshot()
             .verifier
             .providers()
             .iter()
@@ -322,7 +322,7 @@ async fn the_gateway_starts_while_the_idp_is_down_and_catches_up() {
             .status,
         401
     );
-    assert!(!gw.handle.gateway.runtime().verifier.providers()[0].is_ready());
+    assert!(!gw.handle.gateway.snapshot().verifier.providers()[0].is_ready());
     idp.set(200, jwks(&[&key]));
     wait_ready(&gw).await; // the background fetch retries with backoff
     assert_eq!(

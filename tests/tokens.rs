@@ -524,7 +524,7 @@ async fn cached_token_with_a_changed_signature_is_refused() {
         .assert_error(401, "invalid_token", "signature");
     assert_eq!(up.seen().len(), 2);
     assert_eq!(
-        gw.handle.gateway.runtime().verifier.cache().entry_count(),
+        gw.handle.gateway.snapshot().verifier.cache().entry_count(),
         1,
         "refused tokens are not cached"
     );
@@ -537,7 +537,7 @@ async fn cache_never_serves_a_token_past_its_exp() {
     let short = token("alice", json!({"exp": exp}));
     assert_eq!(gw.get_with_token("/app", &short).await.status, 200);
     assert_eq!(
-        gw.handle.gateway.runtime().verifier.cache().entry_count(),
+        gw.handle.gateway.snapshot().verifier.cache().entry_count(),
         1,
         "the token was cached"
     );

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::sync::Cache;
 
-use super::verify::{VerifiedToken, unix_now};
+use super::token::VerifiedToken;
+use crate::clock::unix_now;
 
 type CacheKey = [u8; 32];
 

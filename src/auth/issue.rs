@@ -1,12 +1,17 @@
-//! Signing tokens with the first configured key (the `token` CLI today; the login route later).
+//! The one place that signs tokens: login, refresh, sliding renewal, single sign-on and the
+//! `token` CLI all go through an [`Issuer`], so every issued token has the same shape — `iss`,
+//! `aud`, `iat`, `nbf`, `exp`, a fresh `jti`, and the session id `sid` that ties renewals and
+//! refreshes together (logout revokes a whole session by it).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Header;
 use serde_json::{Map, Value};
 
 use super::keys::KeySet;
-use super::verify::unix_now;
+use crate::clock::unix_now;
+use crate::config::RawTokens;
 
 /// Claims the issuer sets itself; callers cannot override them.
 pub const RESERVED_CLAIMS: [&str; 8] = ["sub", "iss", "aud", "exp", "nbf", "iat", "jti", "sid"];
@@ -21,51 +26,102 @@ pub enum IssueError {
     Signing(String),
 }
 
-/// What goes into every issued token besides the subject's claims.
-pub struct IssueOptions<'a> {
-    pub issuer: Option<&'a str>,
-    pub audience: Option<&'a str>,
-    pub ttl: Duration,
-    /// The session the token belongs to (`sid`); `None` starts a new session.
-    pub sid: Option<&'a str>,
-}
-
-/// A random 128-bit identifier, hex-encoded (`jti`, `sid`).
-fn random_id() -> String {
+/// A random 128-bit identifier, hex-encoded (`jti`, `sid`, refresh tokens' ids).
+pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
-    // A failing system RNG leaves zeros; jti uniqueness is then lost but nothing else breaks.
+    // A failing system RNG leaves zeros; uniqueness is then lost but nothing else breaks.
     let _ = aws_lc_rs::rand::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Signs a token for `sub` with `extra` claims, `kid` set to the signing key's id.
-pub fn issue(
-    keys: &KeySet,
-    options: &IssueOptions<'_>,
-    sub: &str,
-    extra: Map<String, Value>,
-) -> Result<String, IssueError> {
-    let key = keys.signing().ok_or(IssueError::NoSigningKey)?;
-    let encoding = key.encoding.as_ref().ok_or(IssueError::NoSigningKey)?;
-    if let Some(name) = extra.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
-        return Err(IssueError::Reserved(name.clone()));
+/// A signed token and the identifiers it carries.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub jti: String,
+    pub sid: String,
+    pub exp: u64,
+}
+
+/// Signs access tokens with the first configured key.
+pub struct Issuer {
+    keys: Arc<KeySet>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    ttl: Duration,
+    leeway: Duration,
+}
+
+impl Issuer {
+    pub fn new(keys: Arc<KeySet>, tokens: &RawTokens) -> Issuer {
+        Issuer {
+            keys,
+            issuer: tokens.issuer.as_ref().map(|t| t.as_str().to_owned()),
+            audience: tokens.audience.as_ref().map(|t| t.as_str().to_owned()),
+            ttl: tokens.ttl.0,
+            leeway: tokens.leeway.0,
+        }
     }
-    let now = unix_now();
-    let mut claims = extra;
-    claims.insert("sub".into(), sub.into());
-    if let Some(iss) = options.issuer {
-        claims.insert("iss".into(), iss.into());
+
+    /// Lifetime of issued access tokens (`tokens.ttl`).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
-    if let Some(aud) = options.audience {
-        claims.insert("aud".into(), aud.into());
+
+    /// When a session revoked now has no token left: every token of it was issued before now,
+    /// so none lives past now + ttl (+ the leeway verification allows).
+    pub fn session_end_from_now(&self) -> u64 {
+        unix_now() + self.ttl.as_secs() + self.leeway.as_secs()
     }
-    claims.insert("iat".into(), now.into());
-    claims.insert("nbf".into(), now.into());
-    claims.insert("exp".into(), (now + options.ttl.as_secs()).into());
-    claims.insert("jti".into(), random_id().into());
-    let sid = options.sid.map_or_else(random_id, str::to_owned);
-    claims.insert("sid".into(), sid.into());
-    let mut header = Header::new(key.alg);
-    header.kid = Some(key.id.clone());
-    jsonwebtoken::encode(&header, &claims, encoding).map_err(|e| IssueError::Signing(e.to_string()))
+
+    /// Signs a token for `sub` with `extra` claims, in session `sid` (`None` starts a new one).
+    pub fn issue(
+        &self,
+        sub: &str,
+        extra: Map<String, Value>,
+        sid: Option<&str>,
+    ) -> Result<Issued, IssueError> {
+        self.issue_for(sub, extra, sid, self.ttl)
+    }
+
+    /// [`Issuer::issue`] with another lifetime (the `token` CLI's `--ttl`).
+    pub fn issue_for(
+        &self,
+        sub: &str,
+        extra: Map<String, Value>,
+        sid: Option<&str>,
+        ttl: Duration,
+    ) -> Result<Issued, IssueError> {
+        let key = self.keys.signing().ok_or(IssueError::NoSigningKey)?;
+        let encoding = key.encoding.as_ref().ok_or(IssueError::NoSigningKey)?;
+        if let Some(name) = extra.keys().find(|k| RESERVED_CLAIMS.contains(&k.as_str())) {
+            return Err(IssueError::Reserved(name.clone()));
+        }
+        let now = unix_now();
+        let (jti, sid) = (random_id(), sid.map_or_else(random_id, str::to_owned));
+        let exp = now + ttl.as_secs();
+        let mut claims = extra;
+        claims.insert("sub".into(), sub.into());
+        if let Some(iss) = &self.issuer {
+            claims.insert("iss".into(), iss.as_str().into());
+        }
+        if let Some(aud) = &self.audience {
+            claims.insert("aud".into(), aud.as_str().into());
+        }
+        claims.insert("iat".into(), now.into());
+        claims.insert("nbf".into(), now.into());
+        claims.insert("exp".into(), exp.into());
+        claims.insert("jti".into(), jti.as_str().into());
+        claims.insert("sid".into(), sid.as_str().into());
+        let mut header = Header::new(key.alg);
+        header.kid = Some(key.id.clone());
+        let token = jsonwebtoken::encode(&header, &claims, encoding)
+            .map_err(|e| IssueError::Signing(e.to_string()))?;
+        Ok(Issued {
+            token,
+            jti,
+            sid,
+            exp,
+        })
+    }
 }

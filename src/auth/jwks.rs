@@ -4,7 +4,7 @@
 //! causes no fetch storm. A failed fetch keeps the last good keys. Only asymmetric keys are
 //! taken, each pinned to its declared (or implied) algorithm.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -13,6 +13,9 @@ use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
+
+use crate::config::{Diagnostics, KeyPath, RawTokens};
+use http::Uri;
 
 /// Largest JWKS document accepted.
 const MAX_DOCUMENT: usize = 1024 * 1024;
@@ -323,6 +326,80 @@ impl Provider {
             }
         });
     }
+}
+
+/// Whether a URL's host is a loopback address, where plain http cannot be intercepted.
+pub fn is_loopback(uri: &Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// Compiles `tokens.jwks`: one provider per entry, https only (plain http from loopback), each
+/// issuer listed once and never authgate's own.
+pub fn compile(tokens: &RawTokens, diags: &mut Diagnostics) -> Vec<Arc<Provider>> {
+    let at = KeyPath::root().key("tokens").key("jwks");
+    let mut providers = Vec::new();
+    let mut issuers = BTreeSet::new();
+    for (i, p) in tokens.jwks.iter().enumerate() {
+        let here = at.index(i);
+        let url = p.url.as_str();
+        match url.parse::<Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+            Ok(uri) if uri.scheme_str() == Some("http") && is_loopback(&uri) => {}
+            Ok(uri) if uri.scheme_str() == Some("http") => {
+                diags.at(&here.key("url"), "JWKS must be fetched over https (plain http only from loopback addresses): keys fetched in clear text can be replaced by anyone on the path");
+                continue;
+            }
+            _ => {
+                diags.at(&here.key("url"), format!("`{url}` is not an https URL"));
+                continue;
+            }
+        }
+        let issuer = p.issuer.as_str();
+        if issuer.is_empty() {
+            diags.at(&here.key("issuer"), "issuer must not be empty");
+            continue;
+        }
+        if tokens
+            .issuer
+            .as_ref()
+            .is_some_and(|own| own.as_str() == issuer)
+        {
+            diags.at(
+                &here.key("issuer"),
+                "this is authgate's own `tokens.issuer`; each issuer must have one key source",
+            );
+            continue;
+        }
+        if !issuers.insert(issuer.to_owned()) {
+            diags.at(
+                &here.key("issuer"),
+                format!("issuer `{issuer}` is listed twice"),
+            );
+            continue;
+        }
+        let settings = ProviderSettings {
+            url: url.to_owned(),
+            issuer: issuer.to_owned(),
+            audience: p.audience.as_ref().map(|a| a.as_str().to_owned()),
+            refresh_interval: p.refresh_interval.0.max(std::time::Duration::from_secs(1)),
+            unknown_kid_cooldown: p.unknown_kid_cooldown.0,
+            timeout: p.timeout.0,
+            leeway_secs: tokens.leeway.0.as_secs(),
+        };
+        match Provider::new(settings) {
+            Ok(provider) => providers.push(Arc::new(provider)),
+            Err(e) => diags.at(&here, e),
+        }
+    }
+    providers
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 
-use crate::config::{Algorithm, KeyPath, RawKey, Source};
+use crate::config::{Algorithm, Diagnostics, KeyPath, RawKey, RawTokens, Source};
 
 /// One key: it verifies tokens of exactly one algorithm, and signs when it holds private material.
 pub struct Key {
@@ -206,7 +206,6 @@ fn load_asymmetric(raw: &RawKey, src: &Source, at: &KeyPath, id: String) -> Resu
             ),
         )]);
     }
-    let alg = to_jwt_alg(raw.algorithm);
     let read = |field: &str, file: &str| {
         let path = src.resolve(file);
         std::fs::read(&path).map_err(|e| {
@@ -216,7 +215,6 @@ fn load_asymmetric(raw: &RawKey, src: &Source, at: &KeyPath, id: String) -> Resu
             )]
         })
     };
-    let kind = family_name(raw.algorithm);
     match (&raw.private_key_file, &raw.public_key_file) {
         (Some(_), Some(_)) => Err(vec![(
             at.key("public_key_file"),
@@ -227,54 +225,147 @@ fn load_asymmetric(raw: &RawKey, src: &Source, at: &KeyPath, id: String) -> Resu
             format!("{:?} key needs `private_key_file` or `public_key_file`", raw.algorithm),
         )]),
         (Some(file), None) => {
-            let pem = read("private_key_file", file.as_str())?;
-            let hint = if String::from_utf8_lossy(&pem).contains("BEGIN EC PRIVATE KEY") {
-                " (this is a SEC1 `EC PRIVATE KEY`: convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.p8.pem`)"
-            } else {
-                ""
-            };
-            let bad = |_| vec![(at.key("private_key_file"), format!("not a PEM {kind} private key usable with {:?}{hint}", raw.algorithm))];
-            let encoding = match raw.algorithm {
-                Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
-                Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
-                _ => EncodingKey::from_rsa_pem(&pem),
-            }
-            .map_err(bad)?;
-            // Deriving the public half also proves the private key fits the algorithm (an
-            // ES384 key under ES256 fails here, at load time, not on the first request).
-            let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(bad)?;
-            let decoding = DecodingKey::from_jwk(&jwk).map_err(bad)?;
-            Ok(Key {
-                id,
-                algorithm: raw.algorithm,
-                alg,
-                decoding,
-                encoding: Some(encoding),
-                public_jwk: Some(jwk),
-                ephemeral: false,
-            })
+            private_key(raw.algorithm, &read("private_key_file", file.as_str())?, at, id)
         }
         (None, Some(file)) => {
-            let pem = read("public_key_file", file.as_str())?;
-            let bad = |_| vec![(at.key("public_key_file"), format!("not a PEM {kind} public key usable with {:?}", raw.algorithm))];
-            let decoding = match raw.algorithm {
-                Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
-                Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
-                _ => DecodingKey::from_rsa_pem(&pem),
-            }
-            .map_err(bad)?;
-            let jwk = Jwk::from_decoding_key(&decoding, Some(alg)).ok();
-            Ok(Key {
-                id,
-                algorithm: raw.algorithm,
-                alg,
-                decoding,
-                encoding: None,
-                public_jwk: jwk,
-                ephemeral: false,
-            })
+            public_key(raw.algorithm, &read("public_key_file", file.as_str())?, at, id)
         }
     }
+}
+
+/// A PEM private key: signs, and its derived public half verifies and is published.
+fn private_key(
+    algorithm: Algorithm,
+    pem: &[u8],
+    at: &KeyPath,
+    id: String,
+) -> Result<Key, KeyErrors> {
+    let alg = to_jwt_alg(algorithm);
+    let hint = if String::from_utf8_lossy(pem).contains("BEGIN EC PRIVATE KEY") {
+        " (this is a SEC1 `EC PRIVATE KEY`: convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.p8.pem`)"
+    } else {
+        ""
+    };
+    let kind = family_name(algorithm);
+    let bad = |_| {
+        vec![(
+            at.key("private_key_file"),
+            format!("not a PEM {kind} private key usable with {algorithm:?}{hint}"),
+        )]
+    };
+    let encoding = match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        _ => EncodingKey::from_rsa_pem(pem),
+    }
+    .map_err(bad)?;
+    // Deriving the public half also proves the private key fits the algorithm (an ES384 key
+    // under ES256 fails here, at load time, not on the first request).
+    let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(bad)?;
+    let decoding = DecodingKey::from_jwk(&jwk).map_err(bad)?;
+    Ok(Key {
+        id,
+        algorithm,
+        alg,
+        decoding,
+        encoding: Some(encoding),
+        public_jwk: Some(jwk),
+        ephemeral: false,
+    })
+}
+
+/// A PEM public key: verifies only.
+fn public_key(
+    algorithm: Algorithm,
+    pem: &[u8],
+    at: &KeyPath,
+    id: String,
+) -> Result<Key, KeyErrors> {
+    let alg = to_jwt_alg(algorithm);
+    let kind = family_name(algorithm);
+    let bad = |_| {
+        vec![(
+            at.key("public_key_file"),
+            format!("not a PEM {kind} public key usable with {algorithm:?}"),
+        )]
+    };
+    let decoding = match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+        _ => DecodingKey::from_rsa_pem(pem),
+    }
+    .map_err(bad)?;
+    let jwk = Jwk::from_decoding_key(&decoding, Some(alg)).ok();
+    Ok(Key {
+        id,
+        algorithm,
+        alg,
+        decoding,
+        encoding: None,
+        public_jwk: jwk,
+        ephemeral: false,
+    })
+}
+
+/// Compiles `tokens.keys`: every key loaded (files relative to the config file), ids unique.
+pub fn compile(raw: &RawTokens, diags: &mut Diagnostics) -> Option<KeySet> {
+    let at = KeyPath::root().key("tokens").key("keys");
+    if raw.keys.is_empty() {
+        diags.at(&at, "at least one key is needed to verify tokens");
+        return None;
+    }
+    let mut keys = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, rk) in raw.keys.iter().enumerate() {
+        let key_at = at.index(i);
+        if !seen.insert(rk.id.as_str().to_owned()) {
+            diags.at(
+                &key_at.key("id"),
+                format!("key id `{}` is used twice", rk.id.as_str()),
+            );
+        }
+        match load_key(rk, diags.source(), &key_at) {
+            Ok(k) => keys.push(k),
+            Err(errors) => {
+                for (path, message) in errors {
+                    diags.at(&path, message);
+                }
+            }
+        }
+    }
+    (keys.len() == raw.keys.len()).then(|| KeySet::new(keys))
+}
+
+/// The files keys were read from (watched for reloads).
+pub fn files(raw: &RawTokens, src: &Source) -> Vec<std::path::PathBuf> {
+    raw.keys
+        .iter()
+        .flat_map(|k| [&k.secret_file, &k.private_key_file, &k.public_key_file])
+        .flatten()
+        .map(|file| src.resolve(file.as_str()))
+        .collect()
+}
+
+/// The published JWK Set (RFC 7517): public keys only, each with its `kid`, `alg` and `use`.
+/// `None` when every key is HMAC.
+pub fn jwks_document(keys: &KeySet) -> Option<bytes::Bytes> {
+    let published: Vec<serde_json::Value> = keys
+        .iter()
+        .filter_map(|k| {
+            let mut jwk = serde_json::to_value(k.public_jwk.as_ref()?).ok()?;
+            let obj = jwk.as_object_mut()?;
+            obj.insert("kid".into(), k.id.clone().into());
+            obj.insert("alg".into(), k.algorithm.name().into());
+            obj.insert("use".into(), "sig".into());
+            Some(jwk)
+        })
+        .collect();
+    if published.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(&serde_json::json!({ "keys": published }))
+        .ok()
+        .map(bytes::Bytes::from)
 }
 
 fn family_name(a: Algorithm) -> &'static str {

@@ -5,9 +5,12 @@ pub mod claims;
 pub mod issue;
 pub mod jwks;
 pub mod keys;
+pub mod memo;
+pub mod token;
 pub mod verify;
 
 pub use cache::ClaimsCache;
 pub use claims::{AllowRule, ClaimPath};
 pub use keys::{Key, KeySet};
-pub use verify::{TokenError, VerifiedToken, Verifier};
+pub use token::VerifiedToken;
+pub use verify::{TokenError, Verifier};

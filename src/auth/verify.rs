@@ -4,11 +4,9 @@
 //! `kid` and its configured algorithm is the only one accepted.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicBool;
 
 use base64::Engine;
-use http::HeaderValue;
 use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
@@ -17,6 +15,7 @@ use super::cache::ClaimsCache;
 use super::claims::{ClaimPath, RenderError, render};
 use super::jwks::{Provider, RemoteKey};
 use super::keys::{Key, KeySet};
+use super::token::VerifiedToken;
 
 /// Longest token accepted; a JWT larger than this is not a credential but an attack.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
@@ -89,58 +88,9 @@ impl TokenError {
     }
 }
 
-/// A token whose signature and time/issuer/audience claims were checked.
-#[derive(Debug)]
-pub struct VerifiedToken {
-    pub claims: Map<String, Value>,
-    /// Expiry, seconds since the epoch.
-    pub exp: u64,
-    /// `sub`, when it is a string (for logs).
-    pub sub: Option<String>,
-    /// `jti`, when it is a string (for revocation).
-    pub jti: Option<String>,
-    /// `sid`, the session the token belongs to, when it is a string (for revocation).
-    pub sid: Option<String>,
-    /// `iat` (for per-user revocation cutoffs).
-    pub iat: Option<u64>,
-    /// For a token verified with a remote provider's key: whether that key is still
-    /// published. A verification never outlives its key (cached copies included).
-    pub key_live: Option<Arc<AtomicBool>>,
-    /// Verified with authgate's own keys (not a remote provider's): only such tokens are
-    /// re-issued by the sliding session.
-    pub local: bool,
-    /// The value of every claim some route injects as a header, rendered once per token and
-    /// indexed like [`Verifier::header_claims`].
-    pub header_values: Box<[Result<Option<HeaderValue>, RenderError>]>,
-}
-
-impl VerifiedToken {
-    /// False once the remote key that verified this token has been withdrawn by its provider.
-    pub fn key_is_live(&self) -> bool {
-        self.key_live
-            .as_ref()
-            .is_none_or(|live| live.load(Ordering::Acquire))
-    }
-
-    /// The rendered header value for header claim `index`.
-    pub fn header_value(&self, index: usize) -> Result<Option<&HeaderValue>, RenderError> {
-        match self.header_values.get(index) {
-            Some(Ok(v)) => Ok(v.as_ref()),
-            Some(Err(e)) => Err(*e),
-            None => Ok(None),
-        }
-    }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Checks tokens against the configured keys, issuer, audience and leeway, with a cache.
 pub struct Verifier {
-    keys: KeySet,
+    keys: Arc<KeySet>,
     /// Remote key sets, each trusted only for tokens naming its issuer.
     providers: Vec<Arc<Provider>>,
     /// One `Validation` per key, in key order: the key's algorithm and nothing else.
@@ -288,7 +238,7 @@ pub struct VerifyOptions {
 
 impl Verifier {
     pub fn new(
-        keys: KeySet,
+        keys: Arc<KeySet>,
         options: &VerifyOptions,
         header_claims: Vec<ClaimPath>,
         providers: Vec<Arc<Provider>>,

@@ -2,6 +2,7 @@
 //! and durations. `runtime.rs` validates and compiles them into the form the request path reads:
 //! `gateway.yaml -> RawConfig -> Runtime`.
 
+mod diag;
 mod duration;
 mod expand;
 mod locate;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 
+pub use diag::Diagnostics;
 pub use duration::parse_duration;
 pub use expand::{ExpandError, expand, expand_with};
 pub use locate::{KeyPath, Seg, locate};
@@ -333,7 +335,7 @@ pub struct RawCookie {
     pub secure: bool,
     /// `Strict`, `Lax` (default) or `None` (requires `secure`).
     #[serde(default)]
-    pub same_site: crate::session::SameSite,
+    pub same_site: SameSite,
     /// `Domain` attribute; unset (the default) keeps the cookie to the exact host.
     #[serde(default)]
     pub domain: Option<Text>,
@@ -354,11 +356,20 @@ impl Default for RawCookie {
         RawCookie {
             name: default_cookie_name(),
             secure: true,
-            same_site: crate::session::SameSite::Lax,
+            same_site: SameSite::Lax,
             domain: None,
             refresh_before: None,
         }
     }
+}
+
+/// `SameSite` attribute of the session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+pub enum SameSite {
+    Strict,
+    #[default]
+    Lax,
+    None,
 }
 
 /// `cache:` — the verified-claims cache.

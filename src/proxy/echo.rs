@@ -6,7 +6,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Map, Value, json};
 
-use super::forward::Body;
+use super::body::Body;
 
 pub fn respond(req: &Request<Body>) -> Response<Body> {
     let mut headers = Map::new();

@@ -1,100 +1,203 @@
-//! The pooled upstream client (hyper-util, keep-alive) and the forwarding call with its
-//! connect and response timeouts. Bodies stream through in both directions.
+//! The proxy front's action on a granted request: rewrite its headers, send it to the route's
+//! upstream with the normalized path, stream the answer back (or join a WebSocket tunnel).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::upgrade::OnUpgrade;
+use tokio_util::task::TaskTracker;
 
+use super::body::{Body, BodyState, BodyWatch, stream, stream_watched};
+use super::echo;
+use super::headers::{KeepCredential, Outgoing, prepare_request, remove_hop_by_hop};
+use super::upgrade::{self, Handshake};
+use super::upstream::Target;
+use crate::credentials::TokenSource;
 use crate::error::GatewayError;
+use crate::path::strip_segments;
+use crate::policy::Grant;
+use crate::request::Conn;
+use crate::routes::Route;
+use crate::snapshot::Snapshot;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of everything the gateway sends, upstream or downstream.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// Wraps a streaming hyper body without buffering it.
-pub fn stream(body: Incoming) -> Body {
-    body.map_err(|e| Box::new(e) as BoxError).boxed()
+/// What forwarding needs besides the request itself.
+pub struct Forwarding<'a> {
+    pub snapshot: &'a Snapshot,
+    pub grant: &'a Grant,
+    /// The normalized path: the upstream receives exactly what was routed.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+    pub conn: &'a Conn,
+    /// Where WebSocket tunnels are tracked (shutdown waits for them).
+    pub tunnels: &'a TaskTracker,
 }
 
-/// How a forwarded request body ended, as far as the client's side is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BodyState {
-    Fine,
-    /// It passed the route's `max_body_bytes` (413).
-    OverLimit,
-    /// The client sent something that is not a valid body (400), e.g. a bad chunk size.
-    ClientError,
+/// The path sent upstream: the normalized path, less `strip_prefix`, under the base path.
+fn upstream_path(
+    route: &Route,
+    base: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Result<PathAndQuery, GatewayError> {
+    let path = match &route.strip_prefix {
+        Some(prefix) => strip_segments(path, prefix).unwrap_or(path),
+        None => path,
+    };
+    let mut out = String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    out.push_str(base);
+    out.push_str(path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    PathAndQuery::try_from(out).map_err(|_| GatewayError::BadRequest("invalid request target"))
 }
 
-/// Shared between a streaming body and the request that forwards it.
-#[derive(Debug, Default)]
-pub struct BodyWatch(AtomicU8);
-
-impl BodyWatch {
-    pub fn state(&self) -> BodyState {
-        match self.0.load(Ordering::Acquire) {
-            1 => BodyState::OverLimit,
-            2 => BodyState::ClientError,
-            _ => BodyState::Fine,
-        }
+/// Only the credential that was verified goes upstream, and only when the route asks for it.
+fn keep_credential(route: &Route, grant: &Grant) -> KeepCredential {
+    match (
+        route.forward_token && grant.token.is_some(),
+        grant.credential,
+    ) {
+        (true, Some(TokenSource::Header)) => KeepCredential::Authorization,
+        (true, Some(TokenSource::Cookie)) => KeepCredential::Cookie,
+        _ => KeepCredential::Neither,
     }
 }
 
-/// Streams a request body, failing it once more than `max` bytes have passed, and records in
-/// `watch` why it failed, so the answer blames the right side.
-pub fn stream_watched(body: Incoming, max: Option<u64>, watch: Arc<BodyWatch>) -> Body {
-    let max = max.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
-    http_body_util::Limited::new(body, max)
-        .map_err(move |e| {
-            let state = if e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                1
-            } else {
-                2
-            };
-            watch.0.store(state, Ordering::Release);
-            e
-        })
-        .boxed()
-}
-
-/// A keep-alive connection pool to one upstream.
-#[derive(Clone, Debug)]
-pub struct UpstreamClient {
-    client: Client<HttpConnector, Body>,
-    timeout: Duration,
-}
-
-impl UpstreamClient {
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        UpstreamClient { client, timeout }
+/// A body over the route's limit is refused before anything is sent when its length is
+/// declared, and cut off at the limit when it streams; the watch tells a body the client broke
+/// (or that hit the limit) from an upstream failure.
+fn request_body(
+    route: &Route,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<(Body, Arc<BodyWatch>), GatewayError> {
+    let watch = Arc::new(BodyWatch::default());
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok((stream(body), watch));
     }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let (Some(max), Some(n)) = (route.max_body, declared)
+        && n > max
+    {
+        return Err(GatewayError::PayloadTooLarge);
+    }
+    Ok((stream_watched(body, route.max_body, watch.clone()), watch))
+}
 
-    /// Sends the request; 502 when the upstream cannot be reached or breaks the exchange,
-    /// 504 when its response headers do not arrive within the timeout.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout),
-            Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamUnreachable),
-            Ok(Err(_)) => Err(GatewayError::UpstreamFailed),
-            Ok(Ok(resp)) => Ok(resp),
+/// Forwards a granted request and streams the answer back.
+pub async fn forward(
+    f: &Forwarding<'_>,
+    mut parts: Parts,
+    body: Incoming,
+) -> Result<Response<Body>, GatewayError> {
+    let snap = f.snapshot;
+    let route = snap.routes.get(f.grant.route);
+    let upstream = snap.upstream(route);
+    let path_and_query = upstream_path(route, upstream.base_path(), f.path, f.query)?;
+    let client_upgrade = upgrade::client_handshake(&parts.headers).and_then(|handshake| {
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>()?;
+        Some((on_upgrade, handshake))
+    });
+    prepare_request(
+        &mut parts.headers,
+        &Outgoing {
+            strip: &snap.strip,
+            request_id: f.request_id,
+            credential: keep_credential(route, f.grant),
+            cookie_name: &snap.cookie.name,
+            peer: f.conn.peer.ip(),
+            proto: f.conn.scheme.as_str(),
+            host: f.host,
+            identity: &f.grant.identity,
+        },
+    );
+    if client_upgrade.is_some() {
+        upgrade::restore_upgrade_headers(&mut parts.headers);
+    }
+    parts.version = Version::HTTP_11;
+    let (body, watch) = request_body(route, &parts, body)?;
+    let mut upstream_req = Request::from_parts(parts, body);
+    let resp = match &upstream.target {
+        Target::Echo => {
+            *upstream_req.uri_mut() = Uri::from(path_and_query);
+            return Ok(echo::respond(&upstream_req));
         }
+        Target::Http {
+            scheme,
+            authority,
+            client,
+            ..
+        } => {
+            *upstream_req.uri_mut() = Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
+            let sent = Instant::now();
+            let result = client.send(upstream_req).await;
+            if let Some(bound) = snap.bound.get() {
+                bound.upstreams[route.upstream].observe(sent.elapsed());
+            }
+            blame(result, &watch)?
+        }
+    };
+    answer(resp, client_upgrade, f.tunnels)
+}
+
+/// An upstream failure is the client's when its body broke or passed the limit.
+fn blame(
+    result: Result<Response<Incoming>, GatewayError>,
+    watch: &BodyWatch,
+) -> Result<Response<Incoming>, GatewayError> {
+    if result.is_err() {
+        match watch.state() {
+            BodyState::OverLimit => return Err(GatewayError::PayloadTooLarge),
+            BodyState::ClientError => {
+                return Err(GatewayError::BadRequest(
+                    "the request body could not be read",
+                ));
+            }
+            BodyState::Fine => {}
+        }
+    }
+    result
+}
+
+/// The upstream's answer for the client: hop-by-hop headers removed, and a 101 honoured only
+/// as the WebSocket handshake the client asked for.
+fn answer(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<(OnUpgrade, Handshake)>,
+    tunnels: &TaskTracker,
+) -> Result<Response<Body>, GatewayError> {
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        remove_hop_by_hop(resp.headers_mut());
+        return Ok(resp.map(stream));
+    }
+    match client_upgrade {
+        Some((client, handshake)) if handshake.accepted_by(resp.headers()) => {
+            remove_hop_by_hop(resp.headers_mut());
+            upgrade::restore_upgrade_headers(resp.headers_mut());
+            let upstream_io = hyper::upgrade::on(&mut resp);
+            tunnels.spawn(upgrade::tunnel(client, upstream_io));
+            Ok(resp.map(stream))
+        }
+        // A 101 the client never asked for, or that is not the WebSocket handshake it asked
+        // for, cannot be honoured: a raw tunnel would bypass every rule.
+        _ => Err(GatewayError::UpstreamFailed),
     }
 }

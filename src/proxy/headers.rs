@@ -160,9 +160,15 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`, replacing whatever the client sent for the last two.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&HeaderValue>) {
+/// Appends the client address to `X-Forwarded-For` and sets `X-Forwarded-Proto` (the scheme of
+/// the client's connection) and `X-Forwarded-Host`, replacing whatever the client sent for the
+/// last two.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
     let mut chain = String::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(v) = value.to_str() {
@@ -182,7 +188,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&Header
     if let Ok(v) = HeaderValue::from_str(&chain) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match host {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST.clone(), h.clone());
@@ -190,6 +196,60 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: Option<&Header
         None => {
             headers.remove(&X_FORWARDED_HOST);
         }
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Which of the client's credentials may go upstream: only the one that was verified, and
+/// only when the route forwards tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepCredential {
+    /// Neither `Authorization` nor the session cookie.
+    Neither,
+    /// The verified token came in `Authorization` (a session cookie beside it is the same
+    /// token).
+    Authorization,
+    /// The verified token came in the session cookie; `Authorization` held no token of ours.
+    Cookie,
+}
+
+/// What the gateway states on a request it forwards.
+pub struct Outgoing<'a> {
+    pub strip: &'a StripSet,
+    pub request_id: &'a HeaderValue,
+    pub credential: KeepCredential,
+    pub cookie_name: &'a str,
+    pub peer: IpAddr,
+    pub proto: &'static str,
+    pub host: Option<&'a HeaderValue>,
+    pub identity: &'a [(HeaderName, HeaderValue)],
+}
+
+/// Rewrites a request's headers for its upstream, in the one safe order: strip (hop-by-hop,
+/// `Connection`-named, override headers, variant spellings, every injected name), then the
+/// request id, the credentials that may go, `X-Forwarded-*`, `Host`, and the identity headers
+/// last, so nothing the client sent can remove or replace what the gateway adds.
+pub fn prepare_request(headers: &mut HeaderMap, out: &Outgoing<'_>) {
+    clean_request(headers, out.strip);
+    headers.insert(X_REQUEST_ID.clone(), out.request_id.clone());
+    match out.credential {
+        KeepCredential::Authorization => {}
+        KeepCredential::Cookie => {
+            headers.remove(header::AUTHORIZATION);
+        }
+        KeepCredential::Neither => {
+            headers.remove(header::AUTHORIZATION);
+            crate::session::strip_session_cookie(headers, out.cookie_name);
+        }
+    }
+    set_forwarded(headers, out.peer, out.proto, out.host);
+    if let Some(h) = out.host {
+        // HTTP/2 clients send `:authority` instead of Host; the upstream gets a Host either way.
+        headers.insert(header::HOST, h.clone());
+    }
+    for (name, value) in out.identity {
+        headers.insert(name.clone(), value.clone());
     }
 }
 
@@ -253,7 +313,7 @@ mod tests {
         ]);
         let host = HeaderValue::from_static("app.example");
         clean_request(&mut h, &StripSet::default());
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), Some(&host));
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "http", Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.9");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -287,5 +347,58 @@ mod tests {
             "transfer-encoding"
         )));
         assert!(!is_reserved_header(&HeaderName::from_static("x-user-id")));
+    }
+
+    #[test]
+    fn prepare_request_strips_then_sets_then_injects() {
+        let strip = StripSet::new([HeaderName::from_static("x-user-id")]);
+        let id = HeaderValue::from_static("req-1");
+        let host = HeaderValue::from_static("app.example");
+        let identity = [(
+            HeaderName::from_static("x-user-id"),
+            HeaderValue::from_static("alice"),
+        )];
+        let mut out = Outgoing {
+            strip: &strip,
+            request_id: &id,
+            credential: KeepCredential::Neither,
+            cookie_name: "s",
+            peer: "10.0.0.9".parse().unwrap(),
+            proto: "https",
+            host: Some(&host),
+            identity: &identity,
+        };
+        let client = || {
+            map(&[
+                ("connection", "x-user-id, x-request-id, host"),
+                ("x-user-id", "root"),
+                ("x_user_id", "root"),
+                ("x-request-id", "forged"),
+                ("authorization", "Bearer t"),
+                ("cookie", "s=t; theme=dark"),
+                ("x-forwarded-proto", "http"),
+                ("host", "app.example"),
+            ])
+        };
+        let mut h = client();
+        prepare_request(&mut h, &out);
+        assert_eq!(h["x-user-id"], "alice");
+        assert_eq!(h.get_all("x-user-id").iter().count(), 1);
+        assert!(h.get("x_user_id").is_none());
+        assert_eq!(h["x-request-id"], "req-1");
+        assert_eq!(h["host"], "app.example");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h["cookie"], "theme=dark");
+        out.credential = KeepCredential::Cookie;
+        let mut h = client();
+        prepare_request(&mut h, &out);
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h["cookie"], "s=t; theme=dark");
+        out.credential = KeepCredential::Authorization;
+        let mut h = client();
+        prepare_request(&mut h, &out);
+        assert_eq!(h["authorization"], "Bearer t");
     }
 }

@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::{ConnectionMemo, Gateway};
-use crate::runtime::ServerSettings;
+use crate::boot::ServerSettings;
+use crate::gateway::Gateway;
+use crate::request::{Conn, Scheme};
 
 /// How long a connection told to close gets to finish before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -93,19 +94,20 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let conn = Arc::new(Conn::new(peer, local, Scheme::Http));
     let activity = Arc::new(Activity {
         accepted: Instant::now(),
         in_flight: AtomicU32::new(0),
         last_ms: AtomicU64::new(0),
     });
-    let memo = Arc::new(ConnectionMemo::default());
     let tracked = activity.clone();
     let service = service_fn(move |req| {
         let gw = gateway.clone();
-        let memo = memo.clone();
+        let conn = conn.clone();
         let guard = InFlight::start(&tracked);
         async move {
-            let resp = gw.handle(req, peer, &memo).await;
+            let resp = gw.handle(req, &conn).await;
             drop(guard);
             Ok::<_, Infallible>(resp)
         }

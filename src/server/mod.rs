@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::gateway::Gateway;
-use crate::runtime::Runtime;
+use crate::snapshot::Loaded;
 
 mod connection;
 mod reload;
@@ -30,7 +30,7 @@ pub async fn serve(
 ) {
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
-    let limit = Arc::new(Semaphore::new(gateway.runtime().server.max_connections));
+    let limit = Arc::new(Semaphore::new(gateway.boot().max_connections));
     tokio::pin!(shutdown);
     loop {
         // At the connection limit, stop accepting: new clients wait in the listen backlog.
@@ -54,7 +54,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         // Limits are read per connection, so a reload applies to new connections.
-        let settings = gateway.runtime().server;
+        let settings = gateway.snapshot().server;
         let open = gateway.metrics().open_connections.clone();
         open.inc();
         let served = connection::serve(gateway.clone(), stream, peer, settings, stop.clone());
@@ -67,7 +67,7 @@ pub async fn serve(
     drop(listener);
     stop.cancel();
     connections.close();
-    let grace = gateway.runtime().server.shutdown_grace;
+    let grace = gateway.snapshot().server.shutdown_grace;
     let drained = async {
         connections.wait().await;
         // Upgraded (WebSocket) connections left their connection task when they upgraded.
@@ -110,18 +110,18 @@ impl Drop for ServerHandle {
 }
 
 /// Binds the gateway and its admin listener and serves both in the background. `listen`
-/// overrides `runtime.listen` (tests pass `127.0.0.1:0`; the admin listener then also takes
-/// an ephemeral loopback port).
-pub async fn spawn(runtime: Runtime, listen: Option<SocketAddr>) -> std::io::Result<ServerHandle> {
+/// overrides the config's `listen` (tests pass `127.0.0.1:0`; the admin listener then also
+/// takes an ephemeral loopback port).
+pub async fn spawn(loaded: Loaded, listen: Option<SocketAddr>) -> std::io::Result<ServerHandle> {
     let admin_listen = match listen {
         Some(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
-        None => runtime.admin_listen,
+        None => loaded.boot.admin_listen,
     };
-    let listener = TcpListener::bind(listen.unwrap_or(runtime.listen)).await?;
+    let listener = TcpListener::bind(listen.unwrap_or(loaded.boot.listen)).await?;
     let admin_listener = TcpListener::bind(admin_listen).await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let gateway = Gateway::new(runtime);
+    let gateway = Gateway::new(loaded);
     let admin = tokio::spawn(crate::admin::serve(gateway.clone(), admin_listener));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(gateway.clone(), listener, async {

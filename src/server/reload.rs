@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::gateway::Gateway;
-use crate::runtime::Runtime;
+use crate::snapshot::Loaded;
 
 /// Reloads the config on SIGHUP. The handler is installed before this returns, so a SIGHUP
 /// sent after "listening" is logged can never kill the process.
@@ -44,21 +44,13 @@ async fn reload_off_workers(gateway: &Arc<Gateway>, config: &Path) -> bool {
 /// One reload: parse, validate, compile, then swap. A bad config is logged with its
 /// locations, counted, and the running one keeps serving. Returns whether it swapped.
 pub fn reload(gateway: &Gateway, config: &Path) -> bool {
-    match Runtime::load(config) {
-        Ok(runtime) => {
-            let current = gateway.runtime();
-            if runtime.listen != current.listen || runtime.admin_listen != current.admin_listen {
-                tracing::warn!(listen = %runtime.listen, admin = %runtime.admin_listen, "`listen` or `admin.listen` changed: it takes effect only after a restart");
-            }
-            if runtime.server.max_connections != current.server.max_connections {
-                tracing::warn!(
-                    "`server.max_connections` changed: it takes effect only after a restart"
-                );
-            }
-            for w in &runtime.warnings {
+    match Loaded::load(config) {
+        Ok(Loaded { boot, snapshot }) => {
+            boot.warn_changes(gateway.boot());
+            for w in &snapshot.warnings {
                 tracing::warn!("{w}");
             }
-            gateway.replace(runtime);
+            gateway.replace(snapshot);
             gateway.metrics().reload(true);
             tracing::info!(config = %config.display(), "config reloaded");
             true
@@ -157,7 +149,7 @@ const MAX_WAIT: Duration = Duration::from_millis(500);
 /// symlink swaps, are seen — and reloads when their contents change.
 pub fn watch_files(gateway: Arc<Gateway>, config: PathBuf) -> Result<(), String> {
     use notify::{RecursiveMode, Watcher};
-    let files = gateway.runtime().files.clone();
+    let files = gateway.snapshot().files.clone();
     let relevant = Arc::new(ArcSwap::from_pointee(WatchSet::new(&files)));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(64);
     let filter = relevant.clone();
@@ -194,7 +186,7 @@ pub fn watch_files(gateway: Arc<Gateway>, config: PathBuf) -> Result<(), String>
             }
             tracing::info!("config files changed: reloading");
             if reload_off_workers(&gateway, &config).await {
-                files = gateway.runtime().files.clone();
+                files = gateway.snapshot().files.clone();
             }
             // Links may have moved and files may have been added: watch what matters now.
             let now = WatchSet::new(&files);

@@ -14,7 +14,7 @@ use super::Quota;
 use super::store::{
     Exchange, NewSession, Revocation, Rotation, SessionInfo, Store, StoreError, TokenHash,
 };
-use crate::auth::verify::unix_now;
+use crate::clock::unix_now;
 
 /// Most rate-limit buckets kept; beyond it the least recently used go first.
 const MAX_BUCKETS: u64 = 1_000_000;

@@ -12,7 +12,7 @@ use moka::sync::Cache;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::store::{Revocation, Store};
-use crate::auth::verify::unix_now;
+use crate::clock::unix_now;
 
 /// Most revocations mirrored; beyond it the least recently used go first.
 const MAX_ENTRIES: u64 = 1_000_000;

@@ -14,7 +14,32 @@ pub use memory::MemoryStore;
 pub use mirror::Mirror;
 pub use store::{Revocation, Store, StoreError};
 
+use std::sync::Arc;
 use std::time::Duration;
+
+/// The gateway's state: the store (chosen at boot) and this process's revocation mirror.
+#[derive(Clone)]
+pub struct State {
+    pub store: Arc<dyn Store>,
+    pub mirror: Arc<Mirror>,
+}
+
+impl State {
+    /// A state on `store`, its mirror kept current in the background (needs a tokio runtime).
+    pub fn start(store: Arc<dyn Store>) -> State {
+        let mirror = Arc::new(Mirror::default());
+        mirror.spawn_sync(store.clone());
+        State { store, mirror }
+    }
+
+    /// Records a revocation in the store and, at once, in this process's mirror (the change
+    /// feed would bring it a moment later).
+    pub async fn revoke(&self, revocation: Revocation) -> Result<(), StoreError> {
+        self.store.revoke(revocation.clone()).await?;
+        self.mirror.apply(&revocation);
+        Ok(())
+    }
+}
 
 /// A token bucket: `burst` attempts at once, then one more every `interval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

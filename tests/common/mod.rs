@@ -17,8 +17,8 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use authgate::runtime::Runtime;
 use authgate::server::{self, ServerHandle};
+use authgate::snapshot::Loaded;
 
 /// The HS256 secret the test configs use (test-only, not a real secret).
 pub const SECRET: &str = "test-only-secret-0123456789abcdef0123456789";
@@ -172,8 +172,8 @@ impl Gateway {
                 .replace("{SECRET}", SECRET),
         )
         .unwrap();
-        let runtime = Runtime::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let handle = server::spawn(runtime, Some("127.0.0.1:0".parse().unwrap()))
+        let loaded = Loaded::load(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let handle = server::spawn(loaded, Some("127.0.0.1:0".parse().unwrap()))
             .await
             .unwrap();
         Gateway { handle, dir }

@@ -8,6 +8,10 @@ use http::Method;
 
 use crate::path::segment_name;
 
+pub mod compile;
+
+pub use compile::{Route, RouteContext, segment_prefix_of};
+
 /// The path condition of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
@@ -169,6 +173,11 @@ impl<T> RouteTable<T> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The route at `index` (an index [`RouteTable::find`] returned).
+    pub fn get(&self, index: usize) -> &T {
+        &self.entries[index].1
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &(Matcher, T)> {

@@ -1,22 +1,11 @@
-//! Browser sessions: the token in a cookie, where it comes from and where it must not go,
-//! login redirects with a safe `next`, same-origin checks for the login and logout forms, and
-//! the revocation list used by logout.
+//! The session cookie: its settings and `Set-Cookie` values, reading it from a request (never
+//! guessing between two), and removing it before a request goes upstream.
 
 use std::time::Duration;
 
 use http::header::{COOKIE, HeaderMap, HeaderValue};
-use moka::sync::Cache;
 
-use crate::auth::verify::unix_now;
-
-/// `SameSite` attribute of the session cookie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-pub enum SameSite {
-    Strict,
-    #[default]
-    Lax,
-    None,
-}
+use crate::config::{Diagnostics, KeyPath, RawCookie, SameSite};
 
 /// The compiled `cookie:` section.
 #[derive(Debug, Clone)]
@@ -149,99 +138,47 @@ pub fn strip_session_cookie(headers: &mut HeaderMap, name: &str) {
     }
 }
 
-/// A top-level browser navigation: a GET or HEAD that accepts HTML. Such requests are sent
-/// to the login page instead of getting a bare 401.
-pub fn is_navigation(method: &http::Method, headers: &HeaderMap) -> bool {
-    (method == http::Method::GET || method == http::Method::HEAD)
-        && headers
-            .get_all(http::header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.to_ascii_lowercase().contains("text/html"))
-}
-
-/// `next` as given when it is a same-origin relative path, else `/`. Refused: anything not
-/// starting with a single `/` (`//host`, `/\\host`, schemes), backslashes anywhere, and
-/// whitespace or control characters (browsers drop tabs and newlines, turning `/\t/evil`
-/// into `//evil`).
-pub fn safe_next(next: &str) -> &str {
-    let b = next.as_bytes();
-    // Visible ASCII only: anything else cannot go into a `Location` header as it is.
-    let ok = b.first() == Some(&b'/')
-        && !matches!(b.get(1), Some(b'/' | b'\\'))
-        && !b.iter().any(|&c| c == b'\\' || c <= b' ' || c >= 0x7f)
-        && next.len() <= 2048;
-    if ok { next } else { "/" }
-}
-
-/// Percent-encodes a `next` value for a query string.
-pub fn encode_component(value: &str) -> String {
-    form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
-/// Whether a state-changing form POST comes from our own origin: `Origin` (or, without it,
-/// `Referer`) must name the host the request was sent to. Requests with neither are not from
-/// a browser form and pass (SameSite=Lax keeps the cookie off cross-site POSTs anyway).
-pub fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
-    let source = headers
-        .get(http::header::ORIGIN)
-        .or_else(|| headers.get(http::header::REFERER));
-    let Some(source) = source else {
-        return true;
-    };
-    let (Ok(source), Some(host)) = (source.to_str(), host) else {
-        return false;
-    };
-    let Ok(uri) = source.parse::<http::Uri>() else {
-        return false;
-    };
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(authority)) => authority.as_str().eq_ignore_ascii_case(host),
-        _ => false,
-    }
-}
-
-/// Token ids revoked by logout, each kept until its token would have expired anyway. Lives
-/// with the gateway, not the config, so a reload never un-revokes a token.
-pub struct Revoked {
-    ids: Cache<String, u64>,
-    used: std::sync::atomic::AtomicBool,
-}
-
-struct UntilExp;
-
-impl moka::Expiry<String, u64> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _: &String,
-        exp: &u64,
-        _: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(Duration::from_secs(exp.saturating_sub(unix_now()) + 1))
-    }
-}
-
-impl Default for Revoked {
-    fn default() -> Self {
-        Revoked {
-            ids: Cache::builder()
-                .max_capacity(1_000_000)
-                .expire_after(UntilExp)
-                .build(),
-            used: std::sync::atomic::AtomicBool::new(false),
+impl CookieSettings {
+    /// Compiles `cookie:`. `token_ttl` bounds `refresh_before` (a sliding window as long as the
+    /// token would re-issue it on every request).
+    pub fn compile(raw: &RawCookie, token_ttl: Duration, diags: &mut Diagnostics) -> Self {
+        let at = KeyPath::root().key("cookie");
+        let name = raw.name.as_str().to_owned();
+        if !valid_cookie_name(&name) {
+            diags.at(&at.key("name"), format!("`{name}` is not a cookie name"));
         }
-    }
-}
-
-impl Revoked {
-    pub fn revoke(&self, jti: &str, exp: u64) {
-        self.ids.insert(jti.to_owned(), exp);
-        self.used.store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    pub fn is_revoked(&self, jti: &str) -> bool {
-        // Until the first logout there is nothing to look up.
-        self.used.load(std::sync::atomic::Ordering::Acquire) && self.ids.contains_key(jti)
+        if raw.same_site == SameSite::None && !raw.secure {
+            diags.at(
+                &at.key("same_site"),
+                "SameSite=None needs `secure: true` (browsers drop the cookie otherwise)",
+            );
+        }
+        let domain = raw
+            .domain
+            .as_ref()
+            .map(|d| d.as_str().trim_start_matches('.').to_ascii_lowercase());
+        if let Some(d) = &domain
+            && (d.is_empty()
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+        {
+            diags.at(&at.key("domain"), format!("`{d}` is not a domain name"));
+        }
+        let refresh_before = raw.refresh_before.map(|d| d.0);
+        if refresh_before.is_some_and(|r| r >= token_ttl) {
+            diags.at(
+                &at.key("refresh_before"),
+                "must be shorter than `tokens.ttl`, or every request would re-issue the cookie",
+            );
+        }
+        CookieSettings {
+            name,
+            secure: raw.secure,
+            same_site: raw.same_site,
+            domain,
+            refresh_before,
+        }
     }
 }
 
@@ -259,28 +196,6 @@ mod tests {
         }
         h
     }
-
-    #[test]
-    fn next_only_takes_same_origin_relative_paths() {
-        for good in ["/", "/app/x?y=1#f", "/a/b?next=http://x"] {
-            assert_eq!(safe_next(good), good);
-        }
-        for bad in [
-            "//evil.com",
-            "/\\evil.com",
-            "\\\\evil.com",
-            "https://evil.com",
-            "evil.com",
-            "/\t/evil.com",
-            "/a\nb",
-            "",
-            "javascript:alert(1)",
-            "/a\\b",
-        ] {
-            assert_eq!(safe_next(bad), "/", "{bad:?}");
-        }
-    }
-
     #[test]
     fn session_cookie_is_found_and_duplicates_refused() {
         let h = headers(&[("cookie", "a=1; authgate_session=tok; b=2")]);
@@ -340,54 +255,5 @@ mod tests {
                 .unwrap()
                 .starts_with("s=; Path=/; Max-Age=0")
         );
-    }
-
-    #[test]
-    fn same_origin_compares_origin_then_referer_with_host() {
-        let host = Some("app.example:8080");
-        assert!(same_origin(
-            &headers(&[("origin", "https://app.example:8080")]),
-            host
-        ));
-        assert!(same_origin(
-            &headers(&[("referer", "http://app.example:8080/auth/login?next=/")]),
-            host
-        ));
-        assert!(same_origin(&HeaderMap::new(), host));
-        assert!(!same_origin(
-            &headers(&[("origin", "https://evil.example")]),
-            host
-        ));
-        assert!(!same_origin(&headers(&[("origin", "null")]), host));
-        assert!(!same_origin(
-            &headers(&[("referer", "https://evil.example/x")]),
-            host
-        ));
-        assert!(!same_origin(
-            &headers(&[("origin", "https://app.example:8080.evil")]),
-            host
-        ));
-    }
-
-    #[test]
-    fn navigation_is_get_or_head_accepting_html() {
-        let html = headers(&[("accept", "text/html,application/xhtml+xml")]);
-        assert!(is_navigation(&http::Method::GET, &html));
-        assert!(is_navigation(&http::Method::HEAD, &html));
-        assert!(!is_navigation(&http::Method::POST, &html));
-        assert!(!is_navigation(
-            &http::Method::GET,
-            &headers(&[("accept", "application/json")])
-        ));
-        assert!(!is_navigation(&http::Method::GET, &HeaderMap::new()));
-    }
-
-    #[test]
-    fn revoked_ids_are_remembered() {
-        let r = Revoked::default();
-        assert!(!r.is_revoked("a"));
-        r.revoke("a", unix_now() + 60);
-        assert!(r.is_revoked("a"));
-        assert!(!r.is_revoked("b"));
     }
 }

@@ -3,10 +3,8 @@
 //! `{{action}}`, `{{next}}`, `{{username}}` (all HTML-escaped) and `{{error}}` (an escaped
 //! `<p class="error" role="alert">` element, or nothing).
 
-use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue};
+use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 
 use crate::proxy::Body;
 
@@ -109,13 +107,8 @@ pub fn render(template: &str, state: &PageState<'_>) -> String {
 
 /// The page as a response, with the security headers every login page needs.
 pub fn response(status: StatusCode, html: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(html)).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = status;
+    let mut resp = crate::response::full(status, "text/html; charset=utf-8", html);
     let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));

@@ -1,0 +1,69 @@
+//! The gateway's own endpoints (login, logout, JWKS), found by exact normalized path before
+//! any route: one compiled table, one list of what exists and what each is called in logs and
+//! metrics.
+
+use crate::config::{Diagnostics, KeyPath};
+
+/// One of the gateway's own endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Login,
+    Logout,
+    Jwks,
+}
+
+impl Endpoint {
+    /// Every endpoint, in the order of [`Endpoint::index`].
+    pub const ALL: [Endpoint; 3] = [Endpoint::Login, Endpoint::Logout, Endpoint::Jwks];
+
+    /// Its name in logs and in the `route` label of metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Login => "(login)",
+            Endpoint::Logout => "(logout)",
+            Endpoint::Jwks => "(jwks)",
+        }
+    }
+
+    /// Its position in [`Endpoint::ALL`] (per-endpoint metric handles are kept in that order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where the JWK Set of authgate's public keys is published (RFC 7517, RFC 8615 well-known).
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// Path → endpoint. A handful of entries: a scan comparing lengths first beats hashing the
+/// path of every request.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    by_path: Vec<(Box<str>, Endpoint)>,
+}
+
+impl Endpoints {
+    /// Builds the table from `(path, endpoint, where the path is configured)`; two endpoints
+    /// on one path are a config error.
+    pub fn compile(entries: &[(&str, Endpoint, KeyPath)], diags: &mut Diagnostics) -> Endpoints {
+        let mut by_path: Vec<(Box<str>, Endpoint)> = Vec::new();
+        for (path, endpoint, at) in entries {
+            if let Some((_, other)) = by_path.iter().find(|(p, _)| **p == **path) {
+                diags.at(
+                    at,
+                    format!("`{path}` is already the path of {}", other.label()),
+                );
+                continue;
+            }
+            by_path.push(((*path).into(), *endpoint));
+        }
+        Endpoints { by_path }
+    }
+
+    /// The endpoint at exactly this normalized path.
+    pub fn find(&self, path: &str) -> Option<Endpoint> {
+        self.by_path
+            .iter()
+            .find(|(p, _)| **p == *path)
+            .map(|(_, e)| *e)
+    }
+}

@@ -1,0 +1,439 @@
+//! The login endpoints: `{login.path}` (GET the page, POST JSON or a form) and
+//! `{login.logout_path}` (POST). Logging in checks a username and password (`password`),
+//! bounded before any hashing (`form`: body size, field sizes; rate limits per client and per
+//! username in the state store), then issues a token and a session cookie. Logging out revokes
+//! the token and its whole session.
+
+pub mod form;
+pub mod page;
+pub mod password;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, SET_COOKIE};
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use serde_json::json;
+
+use crate::auth::Verifier;
+use crate::auth::issue::Issuer;
+use crate::config::{Diagnostics, KeyPath, RawLogin, RawRate};
+use crate::credentials::{self, TokenSource};
+use crate::error::GatewayError;
+use crate::proxy::Body;
+use crate::request::RequestView;
+use crate::session::{CookieSettings, is_navigation, safe_next, same_origin};
+use crate::state::{Quota, Revocation, State};
+use form::{Form, client_ip, content_type, parse_credentials, read_body};
+pub use password::{MAX_PASSWORD, MAX_USERNAME, Passwords, hash_password};
+
+/// The compiled `login:` section.
+pub struct Login {
+    pub path: String,
+    pub logout_path: String,
+    /// The login page's HTML template.
+    template: String,
+    /// The template file, when there is one (watched for reloads).
+    pub template_file: Option<PathBuf>,
+    passwords: Passwords,
+    /// The users file, when there is one (watched for reloads).
+    pub users_file: Option<PathBuf>,
+    max_body: u64,
+    per_client: Quota,
+    per_username: Quota,
+    trusted_proxies: Vec<IpNet>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("path", &self.path)
+            .field("users", &self.passwords.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the login endpoints use besides the request.
+pub struct Services<'a> {
+    pub issuer: &'a Issuer,
+    pub verifier: &'a Verifier,
+    pub cookie: &'a CookieSettings,
+    pub state: &'a State,
+}
+
+/// An endpoint's answer: the response, who logged in or out, and the failure (for metrics and
+/// the log) when the response is a page rather than an error.
+pub struct Answer {
+    pub response: Response<Body>,
+    pub user: Option<String>,
+    pub error: Option<GatewayError>,
+}
+
+impl Answer {
+    fn ok(response: Response<Body>) -> Self {
+        Answer {
+            response,
+            user: None,
+            error: None,
+        }
+    }
+    fn failed(error: GatewayError) -> Self {
+        Answer {
+            response: error.to_response(),
+            user: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// A normalized absolute path, or the error to report at `at`.
+fn endpoint_path(value: &str, at: &KeyPath, diags: &mut Diagnostics) -> String {
+    if crate::path::normalize(value).map_or(true, |n| n != value) {
+        diags.at(at, format!("`{value}` is not a normalized absolute path"));
+    }
+    value.to_owned()
+}
+
+fn compile_quota(rate: RawRate, at: &KeyPath, diags: &mut Diagnostics) -> Option<Quota> {
+    let quota = Quota::per(rate.requests, rate.per.0);
+    if quota.is_none() {
+        diags.at(
+            at,
+            "`requests` must be at least 1 and `per` long enough to refill one request per nanosecond or slower",
+        );
+    }
+    quota
+}
+
+fn compile_template(
+    raw: &RawLogin,
+    at: &KeyPath,
+    diags: &mut Diagnostics,
+) -> (String, Option<PathBuf>) {
+    let Some(file) = &raw.page_template else {
+        return (page::DEFAULT_TEMPLATE.to_owned(), None);
+    };
+    let file_path = diags.source().resolve(file.as_str());
+    let text = std::fs::read_to_string(&file_path).unwrap_or_else(|e| {
+        diags.at(at, format!("cannot read {}: {e}", file_path.display()));
+        String::new()
+    });
+    if !text.is_empty() && !text.contains("{{action}}") {
+        diags.at(
+            at,
+            "the template has no `{{action}}`: its form would not post to the login route",
+        );
+    }
+    (text, Some(file_path))
+}
+
+fn compile_proxies(raw: &RawLogin, at: &KeyPath, diags: &mut Diagnostics) -> Vec<IpNet> {
+    let mut nets = Vec::new();
+    for (i, proxy) in raw.trusted_proxies.iter().enumerate() {
+        let text = proxy.as_str();
+        match text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(net) => nets.push(net),
+            Err(_) => diags.at(
+                &at.index(i),
+                format!("`{text}` is not an IP address or CIDR (e.g. 10.0.0.0/8)"),
+            ),
+        }
+    }
+    nets
+}
+
+/// Compiles `login:`; users come from the config file and `users_file`.
+pub fn compile(raw: &RawLogin, diags: &mut Diagnostics) -> Option<Login> {
+    let at = KeyPath::root().key("login");
+    let path = endpoint_path(raw.path.as_str(), &at.key("path"), diags);
+    let logout_path = endpoint_path(raw.logout_path.as_str(), &at.key("logout_path"), diags);
+    if logout_path == path {
+        diags.at(&at.key("logout_path"), "must differ from `path`");
+    }
+    let (passwords, users_file) = Passwords::compile(raw, diags);
+    let (template, template_file) = compile_template(raw, &at.key("page_template"), diags);
+    let rate = at.key("rate_limit");
+    let per_client = compile_quota(raw.rate_limit.per_client, &rate.key("per_client"), diags);
+    let per_username = compile_quota(
+        raw.rate_limit.per_username,
+        &rate.key("per_username"),
+        diags,
+    );
+    let trusted_proxies = compile_proxies(raw, &at.key("trusted_proxies"), diags);
+    Some(Login {
+        path,
+        logout_path,
+        template,
+        template_file,
+        passwords: passwords?,
+        users_file,
+        max_body: raw.max_body_bytes,
+        per_client: per_client?,
+        per_username: per_username?,
+        trusted_proxies,
+    })
+}
+
+async fn check_rate(state: &State, key: &str, quota: Quota) -> Result<(), GatewayError> {
+    state
+        .store
+        .take(key, quota)
+        .await?
+        .map_err(|wait| GatewayError::TooManyRequests(wait.max(Duration::from_secs(1))))
+}
+
+/// A failed attempt: the error, and what the form showed (to show it again).
+struct Failed {
+    error: GatewayError,
+    username: String,
+    next: Option<String>,
+}
+
+impl From<GatewayError> for Failed {
+    fn from(error: GatewayError) -> Self {
+        Failed {
+            error,
+            username: String::new(),
+            next: None,
+        }
+    }
+}
+
+/// A successful attempt: the token, who, and where a browser goes next.
+struct Success {
+    token: String,
+    username: String,
+    next: Option<String>,
+}
+
+impl Login {
+    /// The login page, showing `error` when there is one.
+    fn page(
+        &self,
+        status: StatusCode,
+        next: &str,
+        username: &str,
+        error: Option<&str>,
+    ) -> Response<Body> {
+        let html = page::render(
+            &self.template,
+            &page::PageState {
+                action: &self.path,
+                next: safe_next(next),
+                username,
+                error,
+            },
+        );
+        page::response(status, html)
+    }
+
+    /// Checks the credentials (same origin, rate limits, argon2) and signs a token.
+    async fn attempt(
+        &self,
+        view: &RequestView<'_>,
+        body: Incoming,
+        form: &Form,
+        services: &Services<'_>,
+    ) -> Result<Success, Failed> {
+        if !same_origin(view.headers, view.host_str()) {
+            return Err(GatewayError::CrossSite.into());
+        }
+        let client = client_ip(view.headers, view.conn.peer.ip(), &self.trusted_proxies);
+        let state = services.state;
+        check_rate(state, &format!("login-client:{client}"), self.per_client).await?;
+        let body = read_body(body, view.headers, self.max_body).await?;
+        let creds = parse_credentials(form, &body)?;
+        let (username, next) = (creds.username, creds.next);
+        let failed = |error| Failed {
+            error,
+            username: username.clone(),
+            next: next.clone(),
+        };
+        let user_key = format!("login-user:{username}");
+        check_rate(state, &user_key, self.per_username)
+            .await
+            .map_err(failed)?;
+        if !self.passwords.check(&username, creds.password).await {
+            return Err(failed(GatewayError::InvalidCredentials));
+        }
+        let claims = self.passwords.claims(&username);
+        let issued = services
+            .issuer
+            .issue(&username, claims, None)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sign a token for a successful login");
+                failed(GatewayError::Internal)
+            })?;
+        Ok(Success {
+            token: issued.token,
+            username,
+            next,
+        })
+    }
+
+    /// `{login.path}`: GET shows the page; POST logs in. A form post (a browser) gets a 303 to
+    /// `next` with the session cookie, or the page again with the error; a JSON post gets the
+    /// token as JSON (and the cookie).
+    pub async fn login(
+        &self,
+        view: &RequestView<'_>,
+        body: Incoming,
+        services: &Services<'_>,
+    ) -> Answer {
+        if *view.method == Method::GET || *view.method == Method::HEAD {
+            let next = view
+                .query
+                .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "next"))
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+            return Answer::ok(self.page(StatusCode::OK, &next, "", None));
+        }
+        if *view.method != Method::POST {
+            return Answer::failed(GatewayError::MethodNotAllowed("GET, POST"));
+        }
+        let form = match content_type(view.headers) {
+            Ok(form) => form,
+            Err(e) => return Answer::failed(e),
+        };
+        let html = matches!(form, Form::UrlEncoded);
+        match self.attempt(view, body, &form, services).await {
+            Ok(success) => self.logged_in(success, html, services),
+            Err(failed) if html => self.form_failed(failed),
+            Err(failed) => Answer::failed(failed.error),
+        }
+    }
+
+    fn logged_in(&self, success: Success, html: bool, services: &Services<'_>) -> Answer {
+        let ttl = services.issuer.ttl();
+        let mut resp = if html {
+            let mut r = page::response(StatusCode::SEE_OTHER, String::new());
+            let target = safe_next(success.next.as_deref().unwrap_or("/"));
+            if let Ok(v) = http::HeaderValue::from_str(target) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            r
+        } else {
+            crate::response::json(
+                StatusCode::OK,
+                &json!({"access_token": success.token, "token_type": "Bearer", "expires_in": ttl.as_secs()}),
+            )
+        };
+        if let Some(c) = services.cookie.set(&success.token, ttl) {
+            resp.headers_mut().append(SET_COOKIE, c);
+        }
+        Answer {
+            response: resp,
+            user: Some(success.username),
+            error: None,
+        }
+    }
+
+    /// A failed form login: the page again, with the error said plainly and the username kept.
+    fn form_failed(&self, failed: Failed) -> Answer {
+        let message = match &failed.error {
+            GatewayError::InvalidCredentials => "Wrong username or password.".to_string(),
+            GatewayError::TooManyRequests(_) => {
+                "Too many attempts. Wait a minute and try again.".to_string()
+            }
+            GatewayError::CrossSite => {
+                "This form was sent from another site and was refused.".to_string()
+            }
+            other => format!("{}.", capitalize(&other.to_string())),
+        };
+        let next = failed.next.as_deref().unwrap_or("/");
+        let error = failed.error;
+        let mut resp = self.page(error.status(), next, &failed.username, Some(&message));
+        error.add_headers(resp.headers_mut());
+        Answer {
+            response: resp,
+            user: None,
+            error: Some(error),
+        }
+    }
+
+    /// `POST {login.logout_path}`: revokes the token (until its `exp`) and its whole session
+    /// (every token carrying its `sid`, sliding renewals included), clears the cookie, then
+    /// sends a browser to the login page or answers an API client 204.
+    pub async fn logout(
+        &self,
+        view: &RequestView<'_>,
+        services: &Services<'_>,
+    ) -> Result<Answer, GatewayError> {
+        if *view.method != Method::POST {
+            return Err(GatewayError::MethodNotAllowed("POST"));
+        }
+        if !same_origin(view.headers, view.host_str()) {
+            return Err(GatewayError::CrossSite);
+        }
+        let found = credentials::token(view.headers, &services.cookie.name)?;
+        let mut user = None;
+        if let Some((token, _)) = found
+            && let Ok(verified) = services.verifier.verify(token).await
+        {
+            revoke_session(&verified, services).await?;
+            user = verified.sub.clone();
+        }
+        let from_browser = matches!(found, Some((_, TokenSource::Cookie)))
+            || is_navigation(&Method::GET, view.headers)
+            || view
+                .headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        let mut response = if from_browser {
+            let mut r = page::response(StatusCode::SEE_OTHER, String::new());
+            if let Ok(location) = http::HeaderValue::from_str(&self.path) {
+                r.headers_mut().insert(http::header::LOCATION, location);
+            }
+            r
+        } else {
+            crate::response::empty(StatusCode::NO_CONTENT)
+        };
+        response
+            .headers_mut()
+            .append(SET_COOKIE, services.cookie.clear());
+        Ok(Answer {
+            response,
+            user,
+            error: None,
+        })
+    }
+}
+
+/// Revokes a token and its session in the store (and this process's mirror).
+async fn revoke_session(
+    verified: &crate::auth::VerifiedToken,
+    services: &Services<'_>,
+) -> Result<(), GatewayError> {
+    if let Some(jti) = &verified.jti {
+        let until = verified.exp;
+        let jti = jti.clone();
+        services
+            .state
+            .revoke(Revocation::Token { jti, until })
+            .await?;
+    }
+    if let Some(sid) = &verified.sid {
+        let until = services.issuer.session_end_from_now();
+        let sid = sid.clone();
+        services
+            .state
+            .revoke(Revocation::Session { sid, until })
+            .await?;
+    }
+    Ok(())
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().collect::<String>() + chars.as_str())
+        .unwrap_or_default()
+}

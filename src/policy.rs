@@ -1,0 +1,236 @@
+//! The decision, apart from how it is delivered: [`authorize`] takes a [`RequestView`] and
+//! answers with a [`Grant`] (which route, which token, which identity headers, which cookie to
+//! set) or a [`Denial`] (which error, which cookie to clear). It runs the route table, the
+//! token (header or session cookie, the per-connection memo, the claims cache), revocation,
+//! the route's `allow` rules, the login redirect for browser navigations and the sliding
+//! session. The proxy front forwards on a grant; the forward-auth front will answer the edge
+//! with the same grant. Nothing here touches sockets, so every rule is unit-testable.
+
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::auth::claims::first_failing;
+use crate::auth::issue::RESERVED_CLAIMS;
+use crate::auth::{TokenError, VerifiedToken};
+use crate::clock::unix_now;
+use crate::config::AuthMode;
+use crate::credentials::{self, TokenSource};
+use crate::error::GatewayError;
+use crate::request::RequestView;
+use crate::routes::Route;
+use crate::session::{encode_component, is_navigation, safe_next};
+use crate::snapshot::Snapshot;
+use crate::state::Mirror;
+
+/// A request the policy lets through.
+#[derive(Debug)]
+pub struct Grant {
+    /// Index of the route in the snapshot's table.
+    pub route: usize,
+    /// The verified token, when the route looked at one and there was one.
+    pub token: Option<Arc<VerifiedToken>>,
+    /// Where that token came from: the only credential that may be forwarded.
+    pub credential: Option<TokenSource>,
+    /// The route's identity headers, rendered from the token's claims.
+    pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// A renewed session cookie (sliding session), or one clearing an unusable cookie.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+/// A request the policy refuses.
+#[derive(Debug)]
+pub struct Denial {
+    /// The route the request matched, if any (for metrics and logs).
+    pub route: Option<usize>,
+    pub error: GatewayError,
+    /// The token, when one verified but did not satisfy the route (for logs).
+    pub token: Option<Arc<VerifiedToken>>,
+    /// Clears an unusable session cookie.
+    pub set_cookie: Option<HeaderValue>,
+}
+
+impl Denial {
+    fn new(route: Option<usize>, error: GatewayError) -> Box<Denial> {
+        Box::new(Denial {
+            route,
+            error,
+            token: None,
+            set_cookie: None,
+        })
+    }
+}
+
+/// Decides on one request.
+pub async fn authorize(
+    snap: &Snapshot,
+    mirror: &Mirror,
+    view: &RequestView<'_>,
+) -> Result<Grant, Box<Denial>> {
+    let (index, route) = snap
+        .routes
+        .find(view.method, view.host_str(), view.path)
+        .ok_or_else(|| Denial::new(None, GatewayError::NoRoute))?;
+    let found = credentials::token(view.headers, &snap.cookie.name)
+        .map_err(|e| Denial::new(Some(index), e))?;
+    let credential = found.map(|(_, source)| source);
+    let from_cookie = credential == Some(TokenSource::Cookie);
+    let (token, cleared) =
+        match authenticate(snap, mirror, route, view, found.map(|(t, _)| t)).await {
+            Ok(token) => (token, None),
+            // An optional route treats an unusable session cookie as no session.
+            Err(_) if from_cookie && route.auth == AuthMode::Optional => {
+                (None, Some(snap.cookie.clear()))
+            }
+            Err(reason) => return Err(refused(snap, view, index, reason, from_cookie)),
+        };
+    if let Err(e) = check_allow(route, token.as_deref()) {
+        let mut denial = match e {
+            GatewayError::Token(reason) => refused(snap, view, index, reason, from_cookie),
+            other => Denial::new(Some(index), other),
+        };
+        denial.token = token;
+        return Err(denial);
+    }
+    let set_cookie = match &token {
+        Some(t) if from_cookie => renewed_cookie(snap, t),
+        _ => cleared,
+    };
+    grant(snap, index, route, token, credential, set_cookie)
+}
+
+/// Builds the grant, rendering the identity headers first: a claim that cannot be a header
+/// fails the request rather than being dropped or passed on raw.
+fn grant(
+    snap: &Snapshot,
+    index: usize,
+    route: &Route,
+    token: Option<Arc<VerifiedToken>>,
+    credential: Option<TokenSource>,
+    set_cookie: Option<HeaderValue>,
+) -> Result<Grant, Box<Denial>> {
+    let mut identity = Vec::with_capacity(route.headers.len());
+    if let Some(t) = &token {
+        for (name, claim) in &route.headers {
+            match t.header_value(*claim) {
+                Ok(Some(value)) => identity.push((name.clone(), value.clone())),
+                Ok(None) => {}
+                Err(e) => {
+                    let path = snap.verifier.header_claims()[*claim].as_str().to_owned();
+                    let error = TokenError::UnrenderableClaim(path, e).into();
+                    return Err(Denial::new(Some(index), error));
+                }
+            }
+        }
+    }
+    Ok(Grant {
+        route: index,
+        token,
+        credential,
+        identity,
+        set_cookie,
+    })
+}
+
+/// Runs the route's auth mode and the revocation list: the verified token when there is one.
+async fn authenticate(
+    snap: &Snapshot,
+    mirror: &Mirror,
+    route: &Route,
+    view: &RequestView<'_>,
+    token: Option<&str>,
+) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
+    let memo = &view.conn.memo;
+    let verified = match (route.auth, token) {
+        (AuthMode::None, _) => return Ok(None),
+        (_, Some(token)) => match memo.get(snap.generation, token) {
+            Some(verified) => {
+                snap.verifier.cache().record_hit();
+                verified
+            }
+            None => {
+                let verified = snap.verifier.verify(token).await?;
+                memo.set(snap.generation, token, &verified);
+                verified
+            }
+        },
+        (AuthMode::Required, None) => return Err(TokenError::Missing),
+        (AuthMode::Optional, None) => return Ok(None),
+    };
+    if mirror.is_revoked(
+        verified.jti.as_deref(),
+        verified.sid.as_deref(),
+        verified.sub.as_deref(),
+        verified.iat,
+    ) {
+        return Err(TokenError::Revoked);
+    }
+    Ok(Some(verified))
+}
+
+/// Runs the route's `allow` rules on every request (cached tokens included).
+fn check_allow(route: &Route, verified: Option<&VerifiedToken>) -> Result<(), GatewayError> {
+    if route.allow.is_empty() {
+        return Ok(());
+    }
+    let Some(v) = verified else {
+        return Err(TokenError::Missing.into());
+    };
+    match first_failing(&route.allow, &v.claims) {
+        Some(rule) => Err(GatewayError::Forbidden(rule.claim.as_str().to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// A token refusal: the session cookie that carried it is cleared, and a browser navigation
+/// goes to the login page instead of getting a bare 401.
+fn refused(
+    snap: &Snapshot,
+    view: &RequestView<'_>,
+    index: usize,
+    reason: TokenError,
+    from_cookie: bool,
+) -> Box<Denial> {
+    let location = is_navigation(view.method, view.headers)
+        .then(|| login_redirect(snap, view))
+        .flatten();
+    let error = match location {
+        Some(location) => GatewayError::LoginRedirect { location, reason },
+        None => GatewayError::Token(reason),
+    };
+    Box::new(Denial {
+        route: Some(index),
+        error,
+        token: None,
+        set_cookie: from_cookie.then(|| snap.cookie.clear()),
+    })
+}
+
+/// Where a browser without a usable session is sent: the login page, with the page it asked
+/// for in `next`.
+fn login_redirect(snap: &Snapshot, view: &RequestView<'_>) -> Option<HeaderValue> {
+    let login = snap.login.as_ref()?;
+    let mut next = view.path.to_owned();
+    if let Some(q) = view.query {
+        next.push('?');
+        next.push_str(q);
+    }
+    let location = format!("{}?next={}", login.path, encode_component(safe_next(&next)));
+    HeaderValue::from_str(&location).ok()
+}
+
+/// Sliding session: a fresh cookie when a cookie token issued by authgate is close to expiry.
+/// The renewed token keeps the session id, so logging out ends every copy.
+fn renewed_cookie(snap: &Snapshot, token: &VerifiedToken) -> Option<HeaderValue> {
+    let before = snap.cookie.refresh_before?;
+    if !token.local || token.exp.saturating_sub(unix_now()) >= before.as_secs() {
+        return None;
+    }
+    let sub = token.sub.as_deref()?;
+    let mut claims = token.claims.clone();
+    for reserved in RESERVED_CLAIMS {
+        claims.remove(reserved);
+    }
+    let fresh = snap.issuer.issue(sub, claims, token.sid.as_deref()).ok()?;
+    snap.cookie.set(&fresh.token, snap.issuer.ttl())
+}

@@ -1,0 +1,132 @@
+//! What a browser needs beyond the cookie: telling a navigation from an API call, a safe
+//! `next` after login, and same-origin checks on the login and logout forms.
+
+use http::header::HeaderMap;
+
+/// A top-level browser navigation: a GET or HEAD that accepts HTML. Such requests are sent
+/// to the login page instead of getting a bare 401.
+pub fn is_navigation(method: &http::Method, headers: &HeaderMap) -> bool {
+    (method == http::Method::GET || method == http::Method::HEAD)
+        && headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+/// `next` as given when it is a same-origin relative path, else `/`. Refused: anything not
+/// starting with a single `/` (`//host`, `/\\host`, schemes), backslashes anywhere, and
+/// whitespace or control characters (browsers drop tabs and newlines, turning `/\t/evil`
+/// into `//evil`).
+pub fn safe_next(next: &str) -> &str {
+    let b = next.as_bytes();
+    // Visible ASCII only: anything else cannot go into a `Location` header as it is.
+    let ok = b.first() == Some(&b'/')
+        && !matches!(b.get(1), Some(b'/' | b'\\'))
+        && !b.iter().any(|&c| c == b'\\' || c <= b' ' || c >= 0x7f)
+        && next.len() <= 2048;
+    if ok { next } else { "/" }
+}
+
+/// Percent-encodes a `next` value for a query string.
+pub fn encode_component(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Whether a state-changing form POST comes from our own origin: `Origin` (or, without it,
+/// `Referer`) must name the host the request was sent to. Requests with neither are not from
+/// a browser form and pass (SameSite=Lax keeps the cookie off cross-site POSTs anyway).
+pub fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
+    let source = headers
+        .get(http::header::ORIGIN)
+        .or_else(|| headers.get(http::header::REFERER));
+    let Some(source) = source else {
+        return true;
+    };
+    let (Ok(source), Some(host)) = (source.to_str(), host) else {
+        return false;
+    };
+    let Ok(uri) = source.parse::<http::Uri>() else {
+        return false;
+    };
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(authority)) => authority.as_str().eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+    #[test]
+    fn next_only_takes_same_origin_relative_paths() {
+        for good in ["/", "/app/x?y=1#f", "/a/b?next=http://x"] {
+            assert_eq!(safe_next(good), good);
+        }
+        for bad in [
+            "//evil.com",
+            "/\\evil.com",
+            "\\\\evil.com",
+            "https://evil.com",
+            "evil.com",
+            "/\t/evil.com",
+            "/a\nb",
+            "",
+            "javascript:alert(1)",
+            "/a\\b",
+        ] {
+            assert_eq!(safe_next(bad), "/", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn same_origin_compares_origin_then_referer_with_host() {
+        let host = Some("app.example:8080");
+        assert!(same_origin(
+            &headers(&[("origin", "https://app.example:8080")]),
+            host
+        ));
+        assert!(same_origin(
+            &headers(&[("referer", "http://app.example:8080/auth/login?next=/")]),
+            host
+        ));
+        assert!(same_origin(&HeaderMap::new(), host));
+        assert!(!same_origin(
+            &headers(&[("origin", "https://evil.example")]),
+            host
+        ));
+        assert!(!same_origin(&headers(&[("origin", "null")]), host));
+        assert!(!same_origin(
+            &headers(&[("referer", "https://evil.example/x")]),
+            host
+        ));
+        assert!(!same_origin(
+            &headers(&[("origin", "https://app.example:8080.evil")]),
+            host
+        ));
+    }
+
+    #[test]
+    fn navigation_is_get_or_head_accepting_html() {
+        let html = headers(&[("accept", "text/html,application/xhtml+xml")]);
+        assert!(is_navigation(&http::Method::GET, &html));
+        assert!(is_navigation(&http::Method::HEAD, &html));
+        assert!(!is_navigation(&http::Method::POST, &html));
+        assert!(!is_navigation(
+            &http::Method::GET,
+            &headers(&[("accept", "application/json")])
+        ));
+        assert!(!is_navigation(&http::Method::GET, &HeaderMap::new()));
+    }
+}

@@ -1,0 +1,412 @@
+//! The compiled, immutable config the request path reads: `gateway.yaml -> config::RawConfig
+//! -> (Boot, Snapshot)`. Each section compiles beside its own type into one diagnostics
+//! collector (`file:line:column: key.path: message`); this module only assembles them. A
+//! snapshot is swapped whole on reload and a request keeps the one it started with.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use http::Method;
+
+use crate::auth::issue::Issuer;
+use crate::auth::verify::VerifyOptions;
+use crate::auth::{Verifier, jwks, keys};
+use crate::boot::{Boot, ServerSettings, compile_extra_methods};
+use crate::config::{ConfigError, Diagnostic, Diagnostics, KeyPath, RawConfig, Source};
+use crate::endpoints::{Endpoint, Endpoints, JWKS_PATH};
+use crate::login::{self, Login};
+use crate::metrics::{Bound, Metrics};
+use crate::proxy::headers::StripSet;
+use crate::proxy::upstream::{self, Upstream};
+use crate::routes::{self, Route, RouteContext, RouteTable};
+use crate::session::CookieSettings;
+
+/// Everything the request path needs, compiled once per (re)load.
+pub struct Snapshot {
+    /// Unique per compiled snapshot in this process (memos of verified tokens are tied to it).
+    pub generation: u64,
+    pub server: ServerSettings,
+    /// Files this snapshot was built from (config, users file, template, key files): watched
+    /// for reloads.
+    pub files: Vec<PathBuf>,
+    /// Metric handles, bound when the snapshot is installed in a gateway.
+    pub bound: OnceLock<Bound>,
+    pub routes: RouteTable<Route>,
+    pub upstreams: Vec<Upstream>,
+    pub verifier: Verifier,
+    pub issuer: Issuer,
+    /// Every header name some route injects (stripped from every request).
+    pub strip: StripSet,
+    pub login: Option<Login>,
+    pub cookie: CookieSettings,
+    /// The gateway's own endpoints, by path.
+    pub endpoints: Endpoints,
+    /// The JWK Set of every asymmetric key's public half (`None` when all keys are HMAC).
+    pub jwks: Option<bytes::Bytes>,
+    /// Methods served besides RFC 9110's and PATCH (`server.extra_methods`).
+    pub extra_methods: Vec<Method>,
+    /// Non-fatal findings (routes that can never match).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field("routes", &self.routes.len())
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A loaded config: the boot-only settings and the first snapshot.
+#[derive(Debug)]
+pub struct Loaded {
+    pub boot: Boot,
+    pub snapshot: Snapshot,
+}
+
+impl Loaded {
+    /// Reads, parses, validates and compiles the config file at `path`.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        Loaded::from_source(&Source::read(path)?)
+    }
+
+    pub fn from_source(source: &Source) -> Result<Loaded, ConfigError> {
+        let raw = source.parse()?;
+        let mut diags = Diagnostics::new(source);
+        let boot = Boot::compile(&raw, &mut diags);
+        let snapshot = compile(&raw, &mut diags);
+        let loaded = match (boot, snapshot) {
+            (Some(boot), Some(snapshot)) => Some(Loaded { boot, snapshot }),
+            _ => None,
+        };
+        diags.finish(loaded)
+    }
+}
+
+/// The sections that verify and sign tokens.
+struct Tokens {
+    verifier: Verifier,
+    issuer: Issuer,
+    jwks: Option<bytes::Bytes>,
+}
+
+fn compile_tokens(
+    raw: &RawConfig,
+    header_claims: Vec<crate::auth::ClaimPath>,
+    diags: &mut Diagnostics,
+) -> Option<Tokens> {
+    let keys = Arc::new(keys::compile(&raw.tokens, diags)?);
+    let providers = jwks::compile(&raw.tokens, diags);
+    let options = VerifyOptions {
+        issuer: raw.tokens.issuer.as_ref().map(|t| t.0.clone()),
+        audience: raw.tokens.audience.as_ref().map(|t| t.0.clone()),
+        leeway_secs: raw.tokens.leeway.0.as_secs(),
+        cache_entries: raw.cache.max_entries,
+    };
+    Some(Tokens {
+        jwks: keys::jwks_document(&keys),
+        issuer: Issuer::new(keys.clone(), &raw.tokens),
+        verifier: Verifier::new(keys, &options, header_claims, providers),
+    })
+}
+
+fn compile_endpoints(login: Option<&Login>, jwks: bool, diags: &mut Diagnostics) -> Endpoints {
+    let at = KeyPath::root().key("login");
+    let mut entries = Vec::new();
+    if let Some(l) = login {
+        entries.push((l.path.as_str(), Endpoint::Login, at.key("path")));
+        entries.push((
+            l.logout_path.as_str(),
+            Endpoint::Logout,
+            at.key("logout_path"),
+        ));
+    }
+    if jwks {
+        entries.push((JWKS_PATH, Endpoint::Jwks, KeyPath::root()));
+    }
+    Endpoints::compile(&entries, diags)
+}
+
+/// Assembles the snapshot from each section's compile; `None` when any section failed.
+fn compile(raw: &RawConfig, diags: &mut Diagnostics) -> Option<Snapshot> {
+    let server = ServerSettings::compile(raw, diags);
+    let extra_methods = compile_extra_methods(raw, diags);
+    let cookie = CookieSettings::compile(&raw.cookie, raw.tokens.ttl.0, diags);
+    let (upstreams, upstream_index) = upstream::compile(&raw.upstreams, diags);
+    let context = RouteContext {
+        default_max_body: raw.server.max_body_bytes,
+        upstreams: &upstream_index,
+        defined: raw.upstreams.keys().map(String::as_str).collect(),
+        header_claims: Vec::new(),
+    };
+    let compiled = routes::compile::compile(&raw.routes, context, diags);
+    let tokens = compile_tokens(raw, compiled.header_claims, diags);
+    let login = raw.login.as_ref().and_then(|l| login::compile(l, diags));
+    let has_jwks = tokens.as_ref().is_some_and(|t| t.jwks.is_some());
+    let endpoints = compile_endpoints(login.as_ref(), has_jwks, diags);
+    let warnings = shadow_warnings(&compiled.table, diags.source());
+    let files = watched_files(raw, diags.source(), login.as_ref());
+    if raw.login.is_some() && login.is_none() {
+        return None;
+    }
+    let tokens = tokens?;
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
+    Some(Snapshot {
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        server,
+        files,
+        bound: OnceLock::new(),
+        routes: compiled.table,
+        upstreams,
+        verifier: tokens.verifier,
+        issuer: tokens.issuer,
+        strip: compiled.strip,
+        login,
+        cookie,
+        endpoints,
+        jwks: tokens.jwks,
+        extra_methods,
+        warnings,
+    })
+}
+
+/// Routes an earlier route shadows, as warnings located at the shadowed route.
+fn shadow_warnings(table: &RouteTable<Route>, src: &Source) -> Vec<Diagnostic> {
+    let names: Vec<&str> = table.iter().map(|(_, r)| &*r.name).collect();
+    table
+        .shadowed()
+        .into_iter()
+        .map(|(j, i)| {
+            src.diagnostic(
+                &KeyPath::root().key("routes").index(j),
+                format!(
+                    "warning: route `{}` can never match: route `{}` (routes[{i}]) comes first and takes every request it would take",
+                    names[j], names[i]
+                ),
+            )
+        })
+        .collect()
+}
+
+fn watched_files(raw: &RawConfig, src: &Source, login: Option<&Login>) -> Vec<PathBuf> {
+    let mut files = vec![src.path.clone()];
+    files.extend(keys::files(&raw.tokens, src));
+    if let Some(l) = login {
+        files.extend(l.users_file.iter().cloned());
+        files.extend(l.template_file.iter().cloned());
+    }
+    files
+}
+
+impl Snapshot {
+    /// Looks up this snapshot's metric handles (once; before it serves).
+    pub fn bind_metrics(&self, metrics: &Metrics) {
+        let routes: Vec<&str> = self.routes.iter().map(|(_, r)| &*r.name).collect();
+        let upstreams: Vec<&str> = self.upstreams.iter().map(|u| &*u.name).collect();
+        let _ = self.bound.set(Bound::new(metrics, &routes, &upstreams));
+        self.verifier
+            .cache()
+            .bind_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone());
+    }
+
+    /// Starts background work tied to this snapshot (remote JWKS fetching); it stops by itself
+    /// once the snapshot is dropped.
+    pub fn start_background(&self) {
+        for provider in self.verifier.providers() {
+            provider.spawn_refresher();
+        }
+    }
+
+    /// Takes over the connection pools of `previous` for every upstream whose server and
+    /// timeouts did not change, so a reload keeps warm connections.
+    pub fn adopt_pools(&mut self, previous: &Snapshot) {
+        for upstream in &mut self.upstreams {
+            upstream.adopt_pool(&previous.upstreams);
+        }
+    }
+
+    pub fn upstream(&self, route: &Route) -> &Upstream {
+        &self.upstreams[route.upstream]
+    }
+
+    /// Key ids whose secret was generated for this process only.
+    pub fn ephemeral_keys(&self) -> Vec<&str> {
+        self.verifier
+            .keys()
+            .iter()
+            .filter(|k| k.ephemeral)
+            .map(|k| k.id.as_str())
+            .collect()
+    }
+
+    /// Whether the method is served: RFC 9110's methods, PATCH (RFC 5789) and
+    /// `server.extra_methods`. Backends treat unknown methods in their own ways (some as GET),
+    /// so anything else is refused before routing.
+    pub fn serves_method(&self, method: &Method) -> bool {
+        matches!(
+            *method,
+            Method::GET
+                | Method::HEAD
+                | Method::POST
+                | Method::PUT
+                | Method::DELETE
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PATCH
+        ) || self.extra_methods.contains(method)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn compile_text(text: &str) -> Result<Snapshot, ConfigError> {
+        let text = text.replace("SECRET", SECRET);
+        Loaded::from_source(&Source::from_text(Path::new("gw.yaml"), text)).map(|l| l.snapshot)
+    }
+
+    const BASE: &str = "tokens:\n  keys:\n    - { id: k1, algorithm: HS256, secret: SECRET }\nupstreams:\n  app: \"http://127.0.0.1:9000/base/\"\n  demo: builtin:echo\nroutes:\n";
+
+    #[test]
+    fn compiles_routes_upstreams_and_strip_set() {
+        let rt = compile_text(&format!(
+            "{BASE}  - name: admin\n    match: {{ path_prefix: /admin }}\n    upstream: app\n    headers: {{ X-User-Id: sub, X-Roles: roles }}\n  - name: public\n    upstream: demo\n    auth: none\n"
+        ))
+        .unwrap();
+        assert_eq!(rt.routes.len(), 2);
+        assert!(rt.strip.contains_str("x-user-id"));
+        assert!(rt.strip.contains_str("x_user.id"));
+        assert!(!rt.strip.contains_str("x-other"));
+        assert_eq!(rt.verifier.header_claims().len(), 2);
+        match &rt.upstreams[rt.routes.iter().next().unwrap().1.upstream].target {
+            crate::proxy::upstream::Target::Http { base_path, .. } => {
+                assert_eq!(base_path, "/base")
+            }
+            crate::proxy::upstream::Target::Echo => panic!("wrong upstream"),
+        }
+    }
+
+    #[test]
+    fn reports_every_error_with_its_location() {
+        let err = compile_text(&format!(
+            "{BASE}  - name: a\n    upstream: nope\n  - name: b\n    match: {{ path_prefix: /x/../y }}\n    upstream: app\n    headers: {{ \"Bad Header\": sub }}\n"
+        ))
+        .unwrap_err();
+        let diags = err.diagnostics();
+        assert_eq!(diags.len(), 3, "{diags:#?}");
+        assert!(
+            diags[0].starts_with("gw.yaml:9:15: routes[0].upstream: unknown upstream `nope`"),
+            "{}",
+            diags[0]
+        );
+        assert!(
+            diags[1].contains(
+                "routes[1].match.path_prefix: `/x/../y` is not a normalized path: write `/y`"
+            ),
+            "{}",
+            diags[1]
+        );
+        assert!(diags[1].starts_with("gw.yaml:11:"), "{}", diags[1]);
+        assert!(
+            diags[2].contains("`Bad Header` is not a valid header name"),
+            "{}",
+            diags[2]
+        );
+    }
+
+    #[test]
+    fn refuses_short_secrets_and_bad_listen() {
+        let text =
+            BASE.replace("secret: SECRET", "secret: short") + "  - name: a\n    upstream: app\n";
+        let err = compile_text(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("tokens.keys[0].secret: HS256 secret is 5 bytes; at least 32"),
+            "{err}"
+        );
+        let text = format!("listen: nowhere\n{BASE}  - name: a\n    upstream: app\n");
+        let err = compile_text(&text).unwrap_err().to_string();
+        assert!(err.starts_with("gw.yaml:1:9: listen:"), "{err}");
+    }
+
+    #[test]
+    fn refuses_claims_on_public_routes_and_reserved_headers() {
+        let err = compile_text(&format!(
+            "{BASE}  - name: a\n    upstream: app\n    auth: none\n    allow: {{ roles: admin }}\n  - name: b\n    upstream: app\n    headers: {{ Host: sub, X-A: sub, x_a: iss }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`allow` needs claims"), "{err}");
+        assert!(err.contains("`Host` is managed by the gateway"), "{err}");
+        assert!(
+            err.contains("`x_a` is listed twice") || err.contains("`X-A` is listed twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn warns_about_shadowed_routes() {
+        let rt = compile_text(&format!(
+            "{BASE}  - name: all\n    match: {{ path_prefix: /api }}\n    upstream: app\n  - name: users\n    match: {{ path_prefix: /api/users }}\n    upstream: app\n"
+        ))
+        .unwrap();
+        assert_eq!(rt.warnings.len(), 1);
+        let w = rt.warnings[0].to_string();
+        assert!(
+            w.starts_with("gw.yaml:11:5: routes[1]: warning: route `users` can never match"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn cookie_settings_are_validated() {
+        let route = "  - name: a\n    upstream: app\n";
+        for (cookie, why) in [
+            (
+                "cookie: { same_site: None, secure: false }\n",
+                "SameSite=None needs `secure: true`",
+            ),
+            ("cookie: { name: \"bad name\" }\n", "is not a cookie name"),
+            (
+                "cookie: { domain: \"exa mple.com\" }\n",
+                "is not a domain name",
+            ),
+            (
+                "cookie: { refresh_before: 2h }\n",
+                "must be shorter than `tokens.ttl`",
+            ),
+        ] {
+            let err = compile_text(&format!("{cookie}{BASE}{route}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{cookie}: {err}");
+        }
+        let rt = compile_text(&format!(
+            "cookie: {{ name: s, secure: false, refresh_before: 10m }}\n{BASE}{route}"
+        ))
+        .unwrap();
+        assert_eq!(rt.cookie.name, "s");
+        assert_eq!(
+            rt.cookie.refresh_before,
+            Some(std::time::Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn strip_prefix_must_cover_the_match() {
+        let err = compile_text(&format!(
+            "{BASE}  - name: a\n    match: {{ path_prefix: /api }}\n    strip_prefix: /apix\n    upstream: app\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not a prefix of every path"), "{err}");
+        assert!(crate::routes::segment_prefix_of("/api", "/api/v1"));
+        assert!(crate::routes::segment_prefix_of("/api", "/api"));
+        assert!(!crate::routes::segment_prefix_of("/api", "/apix"));
+    }
+}
