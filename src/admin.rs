@@ -6,25 +6,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::gateway::Gateway;
+use crate::proxy::Body;
 
-fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = crate::response::full(status, content_type, body);
     resp.headers_mut().insert(
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
@@ -32,7 +23,7 @@ fn text(
     resp
 }
 
-fn answer(gateway: &Gateway, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
     }

@@ -234,3 +234,177 @@ fn renewed_cookie(snap: &Snapshot, token: &VerifiedToken) -> Option<HeaderValue>
     let fresh = snap.issuer.issue(sub, claims, token.sid.as_deref()).ok()?;
     snap.cookie.set(&fresh.token, snap.issuer.ttl())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+    use crate::request::{Conn, Scheme, Target};
+    use crate::snapshot::Loaded;
+    use crate::state::Revocation;
+    use http::{HeaderMap, Method, Uri, Version};
+    use serde_json::{Value, json};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn snapshot() -> Snapshot {
+        let yaml = format!(
+            r#"
+tokens:
+  issuer: authgate
+  keys: [{{ id: k1, algorithm: HS256, secret: "{SECRET}" }}]
+login: {{ users: [] }}
+cookie: {{ refresh_before: 5m }}
+upstreams: {{ app: "http://127.0.0.1:9" }}
+routes:
+  - {{ name: public, match: {{ path_prefix: /public }}, upstream: app, auth: none }}
+  - {{ name: maybe, match: {{ path_prefix: /maybe }}, upstream: app, auth: optional, headers: {{ X-User-Id: sub }} }}
+  - name: admin
+    match: {{ path_prefix: /admin }}
+    upstream: app
+    allow: {{ roles: admin }}
+    headers: {{ X-User-Id: sub, X-Roles: roles }}
+  - {{ name: app, match: {{ path_prefix: /app }}, upstream: app, headers: {{ X-User-Id: sub }} }}
+"#
+        );
+        Loaded::from_source(&Source::from_text(std::path::Path::new("gw.yaml"), yaml))
+            .unwrap()
+            .snapshot
+    }
+
+    fn token(claims: Value) -> String {
+        let mut all =
+            json!({"sub": "alice", "iss": "authgate", "exp": unix_now() + 3600, "iat": unix_now()});
+        for (k, v) in claims.as_object().unwrap() {
+            all[k] = v.clone();
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&header, &all, &key).unwrap()
+    }
+
+    /// Decides on `GET path` with these headers, on a fresh connection.
+    async fn decide(
+        snap: &Snapshot,
+        mirror: &Mirror,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Grant, Box<Denial>> {
+        let mut map = HeaderMap::new();
+        map.insert("host", "gw".parse().unwrap());
+        for (k, v) in headers {
+            map.append(
+                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let uri: Uri = path.parse().unwrap();
+        let conn = Conn::new(
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+            Scheme::Http,
+        );
+        let target = Target::check(&Method::GET, &uri, Version::HTTP_11, &map, |_| true).unwrap();
+        let view = RequestView::new(&Method::GET, &target, &map, &conn);
+        authorize(snap, mirror, &view).await
+    }
+
+    fn bearer(t: &str) -> (&'static str, String) {
+        ("authorization", format!("Bearer {t}"))
+    }
+
+    #[tokio::test]
+    async fn routes_tokens_and_allow_decide() {
+        let (snap, mirror) = (snapshot(), Mirror::default());
+        let denied = decide(&snap, &mirror, "/nowhere", &[]).await.unwrap_err();
+        assert!(matches!(denied.error, GatewayError::NoRoute));
+        let public = decide(&snap, &mirror, "/public/x", &[]).await.unwrap();
+        assert!(public.token.is_none() && public.identity.is_empty());
+        let missing = decide(&snap, &mirror, "/app/x", &[]).await.unwrap_err();
+        assert!(matches!(
+            missing.error,
+            GatewayError::Token(TokenError::Missing)
+        ));
+
+        let t = token(json!({"roles": ["dev"]}));
+        let granted = decide(&snap, &mirror, "/app/x", &[bearer(&t)])
+            .await
+            .unwrap();
+        assert_eq!(granted.credential, Some(TokenSource::Header));
+        assert_eq!(granted.identity.len(), 1);
+        assert_eq!(granted.identity[0].1, "alice");
+        let forbidden = decide(&snap, &mirror, "/admin/x", &[bearer(&t)])
+            .await
+            .unwrap_err();
+        assert!(matches!(&forbidden.error, GatewayError::Forbidden(c) if c == "roles"));
+        assert!(forbidden.token.is_some(), "the log names who was refused");
+        let admin = token(json!({"roles": ["admin", "dev"]}));
+        let granted = decide(&snap, &mirror, "/admin/x", &[bearer(&admin)])
+            .await
+            .unwrap();
+        let roles = granted
+            .identity
+            .iter()
+            .find(|(n, _)| n == "x-roles")
+            .unwrap();
+        assert_eq!(roles.1, "admin,dev");
+    }
+
+    #[tokio::test]
+    async fn browsers_are_sent_to_the_login_page_and_bad_cookies_cleared() {
+        let (snap, mirror) = (snapshot(), Mirror::default());
+        let html = ("accept", "text/html".to_owned());
+        let denied = decide(&snap, &mirror, "/app/x?a=1", std::slice::from_ref(&html))
+            .await
+            .unwrap_err();
+        match &denied.error {
+            GatewayError::LoginRedirect { location, .. } => {
+                assert_eq!(location, "/auth/login?next=%2Fapp%2Fx%3Fa%3D1")
+            }
+            other => panic!("{other:?}"),
+        }
+        let junk = ("cookie", "authgate_session=junk".to_owned());
+        let denied = decide(&snap, &mirror, "/app/x", std::slice::from_ref(&junk))
+            .await
+            .unwrap_err();
+        assert!(
+            denied.set_cookie.is_some(),
+            "an unusable session cookie is cleared"
+        );
+        // An optional route takes it as no session (and still clears it).
+        let granted = decide(&snap, &mirror, "/maybe/x", &[junk]).await.unwrap();
+        assert!(granted.token.is_none() && granted.set_cookie.is_some());
+    }
+
+    #[tokio::test]
+    async fn revoked_sessions_are_refused_and_sliding_renewals_keep_the_session() {
+        let (snap, mirror) = (snapshot(), Mirror::default());
+        let near_expiry = token(json!({"sid": "s1", "exp": unix_now() + 60}));
+        let cookie = ("cookie", format!("authgate_session={near_expiry}"));
+        let granted = decide(&snap, &mirror, "/app/x", std::slice::from_ref(&cookie))
+            .await
+            .unwrap();
+        let renewed = granted.set_cookie.expect("renewed close to expiry");
+        let renewed = renewed.to_str().unwrap();
+        let value = renewed
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("authgate_session=");
+        let verified = snap.verifier.verify(value).await.unwrap();
+        assert_eq!(verified.sid.as_deref(), Some("s1"));
+
+        mirror.apply(&Revocation::Session {
+            sid: "s1".into(),
+            until: unix_now() + 60,
+        });
+        let denied = decide(&snap, &mirror, "/app/x", &[cookie])
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            denied.error,
+            GatewayError::Token(TokenError::Revoked)
+        ));
+    }
+}

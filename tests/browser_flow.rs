@@ -2,12 +2,7 @@
 //! login page, logout and revocation, same-origin checks, sliding sessions, WebSockets.
 mod common;
 use common::*;
-use serde_json::{Value, json};
-
-fn hash() -> &'static str {
-    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    H.get_or_init(|| authgate::login::hash_password("alice-browser-password").unwrap())
-}
+use serde_json::json;
 
 fn config(extra: &str) -> String {
     format!(
@@ -40,7 +35,7 @@ routes:
     upstream: app
     headers: {{ X-User-Id: sub }}
 "#,
-        hash = hash()
+        hash = user_hashes().0
     )
 }
 
@@ -50,43 +45,26 @@ async fn start(extra: &str) -> (Upstream, Gateway) {
     (up, gw)
 }
 
-async fn form_login(gw: &Gateway, password: &str, next: &str, extra: &[(&str, &str)]) -> Reply {
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("username", "alice")
-        .append_pair("password", password)
-        .append_pair("next", next)
-        .finish();
-    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
-    headers.extend_from_slice(extra);
-    send(gw.addr(), "POST", "/auth/login", &headers, body.into()).await
-}
-
-fn session_from(reply: &Reply) -> String {
-    let cookie = reply.headers["set-cookie"].to_str().unwrap();
-    cookie
-        .strip_prefix("authgate_session=")
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("no session cookie in {cookie}"))
-        .to_owned()
-}
-
-fn claims_of(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
+async fn browser_login(gw: &Gateway, password: &str, next: &str, extra: &[(&str, &str)]) -> Reply {
+    form_login(
+        gw,
+        &[
+            ("username", "alice"),
+            ("password", password),
+            ("next", next),
+        ],
+        extra,
     )
-    .unwrap()
+    .await
 }
 
+/// The `Accept` header of a browser navigation.
 const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
 
 #[tokio::test]
 async fn form_login_sets_a_hardened_session_cookie_and_goes_to_next() {
     let (up, gw) = start("").await;
-    let r = form_login(&gw, "alice-browser-password", "/app/page?x=1", &[]).await;
+    let r = browser_login(&gw, ALICE_PASSWORD, "/app/page?x=1", &[]).await;
     assert_eq!(r.status, 303, "{}", r.text());
     assert_eq!(r.headers["location"], "/app/page?x=1");
     let cookie = r.headers["set-cookie"].to_str().unwrap();
@@ -110,7 +88,7 @@ async fn next_only_ever_leads_to_a_same_origin_path() {
         "javascript:alert(1)",
         "",
     ] {
-        let r = form_login(&gw, "alice-browser-password", next, &[]).await;
+        let r = browser_login(&gw, ALICE_PASSWORD, next, &[]).await;
         assert_eq!(r.status, 303);
         assert_eq!(r.headers["location"], "/", "next {next:?}");
     }
@@ -119,7 +97,7 @@ async fn next_only_ever_leads_to_a_same_origin_path() {
 #[tokio::test]
 async fn the_cookie_authenticates_and_never_reaches_the_backend() {
     let (up, gw) = start("").await;
-    let token = session_from(&form_login(&gw, "alice-browser-password", "/", &[]).await);
+    let token = session_from(&browser_login(&gw, ALICE_PASSWORD, "/", &[]).await);
     let cookie = format!("a=1; authgate_session={token}; b=2");
     let r = gw.get("/app/x", &[("cookie", &cookie)]).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -146,7 +124,7 @@ async fn the_cookie_authenticates_and_never_reaches_the_backend() {
 #[tokio::test]
 async fn a_cookie_and_a_header_must_carry_the_same_token() {
     let (up, gw) = start("").await;
-    let mine = session_from(&form_login(&gw, "alice-browser-password", "/", &[]).await);
+    let mine = session_from(&browser_login(&gw, ALICE_PASSWORD, "/", &[]).await);
     let other = token("mallory", json!({}));
     let cookie = format!("authgate_session={mine}");
     let r = gw
@@ -270,7 +248,7 @@ async fn the_login_page_is_hardened_and_shows_errors_without_the_password() {
         "no external assets"
     );
 
-    let r = form_login(&gw, "wrong-password-shown-nowhere", "/app/x", &[]).await;
+    let r = browser_login(&gw, "wrong-password-shown-nowhere", "/app/x", &[]).await;
     assert_eq!(r.status, 401);
     let html = r.text();
     assert!(
@@ -313,7 +291,7 @@ async fn a_page_template_replaces_the_built_in_page() {
 #[tokio::test]
 async fn logout_clears_the_cookie_and_revokes_the_token_even_from_the_cache() {
     let (up, gw) = start("").await;
-    let token = session_from(&form_login(&gw, "alice-browser-password", "/", &[]).await);
+    let token = session_from(&browser_login(&gw, ALICE_PASSWORD, "/", &[]).await);
     let cookie = format!("authgate_session={token}");
     assert_eq!(gw.get("/app/x", &[("cookie", &cookie)]).await.status, 200);
     assert_eq!(
@@ -363,7 +341,7 @@ async fn logout_clears_the_cookie_and_revokes_the_token_even_from_the_cache() {
         "POST",
         "/auth/login",
         &[("content-type", "application/json")],
-        json!({"username": "alice", "password": "alice-browser-password"})
+        json!({"username": "alice", "password": ALICE_PASSWORD})
             .to_string()
             .into(),
     )
@@ -391,7 +369,7 @@ async fn logout_clears_the_cookie_and_revokes_the_token_even_from_the_cache() {
 async fn cross_site_login_and_logout_posts_are_refused() {
     let (_up, gw) = start("").await;
     let evil = [("origin", "https://evil.example")];
-    let r = form_login(&gw, "alice-browser-password", "/", &evil).await;
+    let r = browser_login(&gw, ALICE_PASSWORD, "/", &evil).await;
     assert_eq!(r.status, 403);
     assert!(r.headers.get("set-cookie").is_none());
     let r = send(
@@ -402,7 +380,7 @@ async fn cross_site_login_and_logout_posts_are_refused() {
             ("content-type", "application/json"),
             ("referer", "https://evil.example/page"),
         ],
-        json!({"username": "alice", "password": "alice-browser-password"})
+        json!({"username": "alice", "password": ALICE_PASSWORD})
             .to_string()
             .into(),
     )
@@ -412,7 +390,7 @@ async fn cross_site_login_and_logout_posts_are_refused() {
     // Same origin passes (the Host the browser used).
     let host = gw.addr().to_string();
     let origin = format!("http://{host}");
-    let r = form_login(&gw, "alice-browser-password", "/", &[("origin", &origin)]).await;
+    let r = browser_login(&gw, ALICE_PASSWORD, "/", &[("origin", &origin)]).await;
     assert_eq!(r.status, 303);
     let token = session_from(&r);
 
@@ -445,7 +423,7 @@ async fn sliding_sessions_reissue_cookie_tokens_close_to_expiry() {
         .await;
     assert_eq!(r.status, 200);
     let fresh = session_from(&r);
-    let claims = claims_of(&fresh);
+    let claims = payload(&fresh);
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["roles"], json!(["admin"]));
     assert_ne!(claims["jti"], "old");

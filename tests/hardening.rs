@@ -6,7 +6,7 @@
 //! tests/jwks.rs.)
 mod common;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -142,31 +142,18 @@ async fn a_configmap_symlink_swap_is_applied() {
 
 // ================================================================ 3. what a reload keeps
 
-fn alice_hash() -> &'static str {
-    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    H.get_or_init(|| authgate::login::hash_password("alice-hardening-password").unwrap())
-}
-
 fn login_config(extra: &str) -> String {
     ROUTES.replace(
         "upstreams:\n",
         &format!(
             "login:\n  rate_limit: {{ per_username: {{ requests: 2, per: 1m }} }}\n  users:\n    - {{ username: alice, password_hash: \"{}\" }}\n{extra}upstreams:\n",
-            alice_hash()
+            user_hashes().0
         ),
     )
 }
 
-async fn json_login(gw: &Gateway, password: &str) -> Reply {
-    let body = json!({"username": "alice", "password": password}).to_string();
-    send(
-        gw.addr(),
-        "POST",
-        "/auth/login",
-        &[("content-type", "application/json")],
-        body.into(),
-    )
-    .await
+async fn alice_login(gw: &Gateway, password: &str) -> Reply {
+    json_login(gw, "alice", password, &[]).await
 }
 
 #[tokio::test]
@@ -176,9 +163,9 @@ async fn a_reload_keeps_upstream_connections_and_login_buckets() {
     assert_eq!(gw.get("/public/a", &[]).await.status, 200);
     assert_eq!(up.connections(), 1);
     for _ in 0..2 {
-        assert_eq!(json_login(&gw, "wrong").await.status, 401);
+        assert_eq!(alice_login(&gw, "wrong").await.status, 401);
     }
-    assert_eq!(json_login(&gw, "wrong").await.status, 429);
+    assert_eq!(alice_login(&gw, "wrong").await.status, 429);
 
     // Ops save the file with an unrelated change.
     let edited = format!("{}{NEW_ROUTE}", on_disk(&login_config(""), &up));
@@ -195,7 +182,7 @@ async fn a_reload_keeps_upstream_connections_and_login_buckets() {
         "the reload threw the upstream's warm connection away"
     );
     assert_eq!(
-        json_login(&gw, "wrong").await.status,
+        alice_login(&gw, "wrong").await.status,
         429,
         "the reload refilled the attacker's bucket"
     );
@@ -206,7 +193,7 @@ async fn a_reload_keeps_upstream_connections_and_login_buckets() {
         &gw.handle.gateway,
         &gw.config_path()
     ));
-    assert_eq!(json_login(&gw, "wrong").await.status, 429);
+    assert_eq!(alice_login(&gw, "wrong").await.status, 429);
 }
 
 // ================================================================ 4. bare 101s
@@ -491,26 +478,6 @@ async fn only_the_verified_credential_is_forwarded() {
 
 // ================================================================ 10. sessions
 
-fn claims_of(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn cookie_token(reply: &Reply) -> String {
-    let cookie = reply.headers["set-cookie"].to_str().unwrap();
-    cookie
-        .strip_prefix("authgate_session=")
-        .and_then(|c| c.split(';').next())
-        .unwrap_or_else(|| panic!("no session cookie in {cookie}"))
-        .to_owned()
-}
-
 #[tokio::test]
 async fn logout_ends_every_copy_of_a_sliding_session() {
     let up = Upstream::start().await;
@@ -518,9 +485,9 @@ async fn logout_ends_every_copy_of_a_sliding_session() {
         .replace("  leeway: 0s\n", "  leeway: 0s\n  ttl: 15m\n");
     let gw = Gateway::start(&yaml, &up.url()).await;
     // Every token the gateway issues carries a jti and a sid.
-    let login = json_login(&gw, "alice-hardening-password").await;
+    let login = alice_login(&gw, ALICE_PASSWORD).await;
     assert_eq!(login.status, 200, "{}", login.text());
-    let issued = claims_of(login.json()["access_token"].as_str().unwrap());
+    let issued = payload(login.json()["access_token"].as_str().unwrap());
     assert!(
         issued["jti"].is_string() && issued["sid"].is_string(),
         "{issued}"
@@ -538,8 +505,8 @@ async fn logout_ends_every_copy_of_a_sliding_session() {
         )
         .await;
     assert_eq!(r.status, 200);
-    let renewed = cookie_token(&r);
-    let renewed_claims = claims_of(&renewed);
+    let renewed = session_from(&r);
+    let renewed_claims = payload(&renewed);
     assert_ne!(renewed_claims["jti"], "token-1");
     assert_eq!(renewed_claims["sid"], "session-1");
 

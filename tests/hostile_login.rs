@@ -10,28 +10,13 @@ use common::*;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use serde_json::{Value, json};
-
-const ALICE_PW: &str = "alice-hostile-password";
-const BOB_PW: &str = "bob-hostile-password";
-
-/// Argon2id hashes made by the code under test, once per process (test-only passwords).
-fn hashes() -> &'static (String, String) {
-    static H: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    H.get_or_init(|| {
-        (
-            authgate::login::hash_password(ALICE_PW).unwrap(),
-            authgate::login::hash_password(BOB_PW).unwrap(),
-        )
-    })
-}
+use serde_json::json;
 
 /// High limits unless a test is about them.
 const GENEROUS: &str = "  rate_limit: { per_client: { requests: 1000, per: 1m }, per_username: { requests: 1000, per: 1m } }\n";
 
 fn config(extra_login: &str) -> String {
-    let (alice, bob) = hashes();
+    let (alice, bob) = user_hashes();
     format!(
         r#"
 listen: "127.0.0.1:0"
@@ -69,45 +54,6 @@ async fn start(extra_login: &str) -> (Upstream, Gateway) {
     let up = Upstream::start().await;
     let gw = Gateway::start(&config(extra_login), &up.url()).await;
     (up, gw)
-}
-
-async fn post(
-    gw: &Gateway,
-    content_type: &str,
-    body: impl Into<Bytes>,
-    extra: &[(&str, &str)],
-) -> Reply {
-    let mut headers = vec![("content-type", content_type)];
-    headers.extend_from_slice(extra);
-    send(gw.addr(), "POST", "/auth/login", &headers, body.into()).await
-}
-
-async fn json_login(gw: &Gateway, user: &str, password: &str, extra: &[(&str, &str)]) -> Reply {
-    let body = json!({"username": user, "password": password}).to_string();
-    post(gw, "application/json", body, extra).await
-}
-
-fn form(pairs: &[(&str, &str)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        s.append_pair(k, v);
-    }
-    s.finish()
-}
-
-async fn form_login(gw: &Gateway, pairs: &[(&str, &str)], extra: &[(&str, &str)]) -> Reply {
-    post(gw, "application/x-www-form-urlencoded", form(pairs), extra).await
-}
-
-fn payload(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
 }
 
 /// The session token in a `Set-Cookie` answer.
@@ -239,12 +185,12 @@ async fn username_spellings_never_authenticate() {
         "al%69ce",
         "ａlice",
     ] {
-        let r = json_login(&gw, user, ALICE_PW, &[]).await;
+        let r = json_login(&gw, user, ALICE_PASSWORD, &[]).await;
         assert_eq!(r.status, 401, "{user:?}: {}", r.text());
         assert_eq!(r.json()["error"], "invalid_credentials");
         assert!(r.headers.get("set-cookie").is_none(), "{user:?}");
     }
-    let r = json_login(&gw, "alice", ALICE_PW, &[]).await;
+    let r = json_login(&gw, "alice", ALICE_PASSWORD, &[]).await;
     assert_eq!(r.status, 200, "control");
     assert!(up.seen().is_empty());
 }
@@ -286,12 +232,12 @@ async fn brute_force_with_rotating_client_address_headers_still_hits_429() {
         let r = if i % 2 == 0 {
             form_login(
                 &gw,
-                &[("username", "alice"), ("password", ALICE_PW)],
+                &[("username", "alice"), ("password", ALICE_PASSWORD)],
                 &[(name, value)],
             )
             .await
         } else {
-            json_login(&gw, "alice", ALICE_PW, &[(name, value)]).await
+            json_login(&gw, "alice", ALICE_PASSWORD, &[(name, value)]).await
         };
         assert_eq!(r.status, 429, "{name}: {value}: {}", r.text());
         let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -321,7 +267,7 @@ async fn per_username_limit_holds_for_form_logins_across_clients() {
     }
     let r = form_login(
         &gw,
-        &[("username", "bob"), ("password", BOB_PW)],
+        &[("username", "bob"), ("password", BOB_PASSWORD)],
         &[("x-forwarded-for", "192.0.2.99")],
     )
     .await;
@@ -341,7 +287,7 @@ async fn one_megabyte_password_is_413_before_hashing() {
     let r = form_login(&gw, &[("username", "alice"), ("password", &huge)], &[]).await;
     assert_eq!(r.status, 413, "form");
     assert!(r.headers.get("set-cookie").is_none());
-    let r = post(
+    let r = post_login(
         &gw,
         "application/json",
         json!({"username": "alice", "password": huge}).to_string(),
@@ -351,7 +297,7 @@ async fn one_megabyte_password_is_413_before_hashing() {
     assert_eq!(r.status, 413, "json");
     assert_eq!(r.json()["error"], "payload_too_large");
     // Chunked, no declared length.
-    let body = form(&[("username", "alice"), ("password", &huge)]);
+    let body = form_body(&[("username", "alice"), ("password", &huge)]);
     let mut req = String::from(
         "POST /auth/login HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
     );
@@ -394,19 +340,19 @@ async fn one_megabyte_password_is_413_before_hashing() {
 async fn extra_claims_in_the_login_body_never_reach_the_token() {
     let (up, gw) = start(GENEROUS).await;
     let evil = json!({
-        "username": "bob", "password": BOB_PW,
+        "username": "bob", "password": BOB_PASSWORD,
         "sub": "alice", "roles": ["admin"], "exp": 9_999_999_999u64, "nbf": 0, "iat": 0,
         "iss": "https://evil/", "aud": "evil", "jti": "fixed-jti", "kid": "none", "alg": "none",
         "claims": {"roles": ["admin"]}, "tenant": "globex", "user": {"roles": ["admin"]}
     });
-    let r = post(&gw, "application/json", evil.to_string(), &[]).await;
+    let r = post_login(&gw, "application/json", evil.to_string(), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let json_token = r.json()["access_token"].as_str().unwrap().to_owned();
     let r = form_login(
         &gw,
         &[
             ("username", "bob"),
-            ("password", BOB_PW),
+            ("password", BOB_PASSWORD),
             ("sub", "alice"),
             ("roles", "admin"),
             ("roles[]", "admin"),
@@ -449,11 +395,11 @@ async fn extra_claims_in_the_login_body_never_reach_the_token() {
 async fn repeated_form_fields_are_refused() {
     let (up, gw) = start(GENEROUS).await;
     for body in [
-        format!("username=bob&username=alice&password={ALICE_PW}"),
-        format!("username=alice&password=wrong&password={ALICE_PW}"),
-        format!("username=alice&password={ALICE_PW}&username=alice"),
+        format!("username=bob&username=alice&password={ALICE_PASSWORD}"),
+        format!("username=alice&password=wrong&password={ALICE_PASSWORD}"),
+        format!("username=alice&password={ALICE_PASSWORD}&username=alice"),
     ] {
-        let r = post(&gw, "application/x-www-form-urlencoded", body.clone(), &[]).await;
+        let r = post_login(&gw, "application/x-www-form-urlencoded", body.clone(), &[]).await;
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert!(r.headers.get("set-cookie").is_none(), "{body}");
     }
@@ -487,7 +433,7 @@ async fn cross_site_login_posts_are_refused() {
             &gw,
             &[
                 ("username", "alice"),
-                ("password", ALICE_PW),
+                ("password", ALICE_PASSWORD),
                 ("next", "/admin"),
             ],
             &[(name, value)],
@@ -499,7 +445,7 @@ async fn cross_site_login_posts_are_refused() {
             "form {name}: {value}"
         );
         assert!(r.headers.get("location").is_none(), "form {name}: {value}");
-        let r = json_login(&gw, "alice", ALICE_PW, &[(name, value)]).await;
+        let r = json_login(&gw, "alice", ALICE_PASSWORD, &[(name, value)]).await;
         assert_eq!(r.status, 403, "json {name}: {value}");
         assert_eq!(r.json()["error"], "cross_site_request");
         assert!(
@@ -512,14 +458,14 @@ async fn cross_site_login_posts_are_refused() {
     let r = json_login(
         &gw,
         "alice",
-        ALICE_PW,
+        ALICE_PASSWORD,
         &[("origin", "https://evil.example"), ("referer", &same)],
     )
     .await;
     assert_eq!(r.status, 403);
     // Control: our own origin logs in.
     let own = format!("http://{host}");
-    let r = json_login(&gw, "alice", ALICE_PW, &[("origin", &own)]).await;
+    let r = json_login(&gw, "alice", ALICE_PASSWORD, &[("origin", &own)]).await;
     assert_eq!(r.status, 200);
     assert!(r.headers.get("set-cookie").is_some());
     assert!(up.seen().is_empty());
@@ -558,7 +504,7 @@ async fn next_open_redirects_land_on_the_root() {
             &gw,
             &[
                 ("username", "alice"),
-                ("password", ALICE_PW),
+                ("password", ALICE_PASSWORD),
                 ("next", next),
             ],
             &[],
@@ -582,7 +528,7 @@ async fn next_open_redirects_land_on_the_root() {
             &gw,
             &[
                 ("username", "alice"),
-                ("password", ALICE_PW),
+                ("password", ALICE_PASSWORD),
                 ("next", next),
             ],
             &[],
@@ -624,7 +570,7 @@ async fn reflected_username_and_next_are_escaped() {
         "the page keeps its CSP"
     );
     // The login page's own GET echoes `next` too.
-    let q = form(&[("next", next)]);
+    let q = form_body(&[("next", next)]);
     let r = gw.get(&format!("/auth/login?{q}"), &[]).await;
     assert_eq!(r.status, 200);
     assert!(!r.text().contains("<img src=x"), "{}", r.text());

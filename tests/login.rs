@@ -6,19 +6,8 @@ use common::*;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// Argon2id hashes made by the code under test, once per process (test-only passwords).
-fn hashes() -> &'static (String, String) {
-    static H: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
-    H.get_or_init(|| {
-        (
-            authgate::login::hash_password("alice-test-password").unwrap(),
-            authgate::login::hash_password("bob-test-password").unwrap(),
-        )
-    })
-}
-
 fn login_config(extra_login: &str, keys: &str) -> String {
-    let (alice, bob) = hashes();
+    let (alice, bob) = user_hashes();
     format!(
         r#"
 tokens:
@@ -59,53 +48,14 @@ async fn start(extra_login: &str) -> (Upstream, Gateway) {
     (up, gw)
 }
 
-async fn post(
-    gw: &Gateway,
-    content_type: &str,
-    body: impl Into<bytes::Bytes>,
-    extra: &[(&str, &str)],
-) -> Reply {
-    let mut headers = vec![("content-type", content_type)];
-    headers.extend_from_slice(extra);
-    send(gw.addr(), "POST", "/auth/login", &headers, body.into()).await
-}
-
 async fn login_json(gw: &Gateway, user: &str, password: &str) -> Reply {
-    post(
-        gw,
-        "application/json",
-        json!({"username": user, "password": password}).to_string(),
-        &[],
-    )
-    .await
-}
-
-fn payload(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn header(token: &str) -> Value {
-    use base64::Engine;
-    let part = token.split('.').next().unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(part)
-            .unwrap(),
-    )
-    .unwrap()
+    json_login(gw, user, password, &[]).await
 }
 
 #[tokio::test]
 async fn json_login_issues_a_token_that_passes_protected_routes_with_the_users_claims() {
     let (up, gw) = start("").await;
-    let r = login_json(&gw, "alice", "alice-test-password").await;
+    let r = login_json(&gw, "alice", ALICE_PASSWORD).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.headers["cache-control"], "no-store");
     let body = r.json();
@@ -123,7 +73,7 @@ async fn json_login_issues_a_token_that_passes_protected_routes_with_the_users_c
     );
     assert_eq!(exp - iat, 900);
     assert!(claims["nbf"].as_u64().unwrap() <= now());
-    assert_eq!(header(token)["kid"], "k1");
+    assert_eq!(jose_header(token)["kid"], "k1");
     assert!(
         up.seen().is_empty(),
         "the login route is the gateway's own, never forwarded"
@@ -140,7 +90,7 @@ async fn json_login_issues_a_token_that_passes_protected_routes_with_the_users_c
 #[tokio::test]
 async fn form_login_works_and_every_token_has_a_unique_jti() {
     let (up, gw) = start("").await;
-    let r = post(
+    let r = post_login(
         &gw,
         "application/x-www-form-urlencoded; charset=utf-8",
         "username=bob&password=bob-test-password",
@@ -160,7 +110,7 @@ async fn form_login_works_and_every_token_has_a_unique_jti() {
         .and_then(|c| c.split(';').next())
         .unwrap()
         .to_owned();
-    let second = login_json(&gw, "bob", "bob-test-password").await.json()["access_token"]
+    let second = login_json(&gw, "bob", BOB_PASSWORD).await.json()["access_token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -177,8 +127,8 @@ async fn form_login_works_and_every_token_has_a_unique_jti() {
 #[tokio::test]
 async fn extra_fields_in_the_login_body_never_reach_the_token() {
     let (_up, gw) = start("").await;
-    let body = json!({"username": "bob", "password": "bob-test-password", "sub": "root", "roles": ["admin"], "exp": 9999999999u64});
-    let r = post(&gw, "application/json", body.to_string(), &[]).await;
+    let body = json!({"username": "bob", "password": BOB_PASSWORD, "sub": "root", "roles": ["admin"], "exp": 9999999999u64});
+    let r = post_login(&gw, "application/json", body.to_string(), &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let claims = payload(r.json()["access_token"].as_str().unwrap());
     assert_eq!(claims["sub"], "bob");
@@ -289,7 +239,7 @@ async fn bad_login_input_gets_clear_json_errors() {
     ];
     for (ct, body, status, code) in cases {
         let len = body.len();
-        let r = post(&gw, ct, body, &[]).await;
+        let r = post_login(&gw, ct, body, &[]).await;
         assert_eq!(r.status.as_u16(), status, "{ct} {len} bytes: {}", r.text());
         if ct.starts_with("application/x-www-form-urlencoded") {
             // Browsers get the login page again, with the error.
@@ -303,7 +253,7 @@ async fn bad_login_input_gets_clear_json_errors() {
         } else {
             assert_eq!(r.json()["error"], code);
         }
-        assert!(!r.text().contains("alice-test-password"));
+        assert!(!r.text().contains(ALICE_PASSWORD));
     }
     let r = send(gw.addr(), "PUT", "/auth/login", &[], bytes::Bytes::new()).await;
     assert_eq!(r.status, 405);
@@ -336,7 +286,7 @@ async fn per_client_limit_gives_429_with_retry_after_and_ignores_forwarded_for()
     let (_up, gw) = start("  rate_limit: { per_client: { requests: 3, per: 1m } }\n").await;
     for i in 0..3 {
         let xff = format!("10.0.0.{i}");
-        let r = post(
+        let r = post_login(
             &gw,
             "application/json",
             json!({"username": format!("u{i}"), "password": "x"}).to_string(),
@@ -345,10 +295,10 @@ async fn per_client_limit_gives_429_with_retry_after_and_ignores_forwarded_for()
         .await;
         assert_eq!(r.status, 401, "attempt {i}");
     }
-    let r = post(
+    let r = post_login(
         &gw,
         "application/json",
-        json!({"username": "alice", "password": "alice-test-password"}).to_string(),
+        json!({"username": "alice", "password": ALICE_PASSWORD}).to_string(),
         &[("x-forwarded-for", "192.0.2.99")],
     )
     .await;
@@ -371,7 +321,7 @@ async fn per_username_limit_holds_across_clients_behind_a_trusted_proxy() {
     .await;
     for i in 0..2 {
         let xff = format!("198.51.100.{i}");
-        let r = post(
+        let r = post_login(
             &gw,
             "application/json",
             json!({"username": "alice", "password": "wrong"}).to_string(),
@@ -380,7 +330,7 @@ async fn per_username_limit_holds_across_clients_behind_a_trusted_proxy() {
         .await;
         assert_eq!(r.status, 401);
     }
-    let r = post(
+    let r = post_login(
         &gw,
         "application/json",
         json!({"username": "alice", "password": "wrong"}).to_string(),
@@ -389,10 +339,7 @@ async fn per_username_limit_holds_across_clients_behind_a_trusted_proxy() {
     .await;
     assert_eq!(r.status, 429);
     // Another user is not affected.
-    assert_eq!(
-        login_json(&gw, "bob", "bob-test-password").await.status,
-        200
-    );
+    assert_eq!(login_json(&gw, "bob", BOB_PASSWORD).await.status, 200);
 }
 
 #[tokio::test]
@@ -401,7 +348,7 @@ async fn trusted_proxy_forwarded_for_keys_the_client_limit() {
     let attempt = |ip: &'static str| {
         let gw = &gw;
         async move {
-            post(
+            post_login(
                 gw,
                 "application/json",
                 json!({"username": "x", "password": "y"}).to_string(),
@@ -434,9 +381,9 @@ async fn rotation_old_key_tokens_pass_and_new_tokens_carry_the_new_kid() {
         200,
         "token from before the rotation"
     );
-    let r = login_json(&gw, "bob", "bob-test-password").await;
+    let r = login_json(&gw, "bob", BOB_PASSWORD).await;
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(header(&token)["kid"], "k2");
+    assert_eq!(jose_header(&token)["kid"], "k2");
     assert_eq!(gw.get_with_token("/x", &token).await.status, 200);
 }
 
@@ -450,10 +397,10 @@ async fn jwks_round_trip(alg: jsonwebtoken::Algorithm, name: &str) {
         &[("signer.pem", private.as_bytes())],
     )
     .await;
-    let r = login_json(&gw, "alice", "alice-test-password").await;
+    let r = login_json(&gw, "alice", ALICE_PASSWORD).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(header(&token)["alg"], name);
+    assert_eq!(jose_header(&token)["alg"], name);
     assert_eq!(gw.get_with_token("/admin", &token).await.status, 200);
 
     let r = gw.get("/.well-known/jwks.json", &[]).await;
@@ -507,12 +454,12 @@ async fn hmac_only_configs_publish_no_jwks() {
 #[tokio::test]
 async fn users_file_users_can_log_in() {
     let up = Upstream::start().await;
-    let (alice, _) = hashes();
+    let (alice, _) = user_hashes();
     let users =
         format!("- username: dave\n  password_hash: \"{alice}\"\n  claims: {{ roles: [admin] }}\n");
     let yaml = login_config("  users_file: users.yaml\n", HS_KEY);
     let gw = Gateway::start_with_files(&yaml, &up.url(), &[("users.yaml", users.as_bytes())]).await;
-    let r = login_json(&gw, "dave", "alice-test-password").await;
+    let r = login_json(&gw, "dave", ALICE_PASSWORD).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(gw.get_with_token("/admin", &token).await.status, 200);

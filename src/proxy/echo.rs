@@ -1,9 +1,7 @@
 //! The built-in demo upstream (`builtin:echo`): answers with the request exactly as it would
 //! have been forwarded, so a newcomer sees the injected identity headers without a backend.
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use serde_json::{Map, Value, json};
 
 use super::body::Body;
@@ -31,11 +29,5 @@ pub fn respond(req: &Request<Body>) -> Response<Body> {
         "headers": headers,
     });
     let text = serde_json::to_vec_pretty(&body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed());
-    *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    crate::response::full(StatusCode::OK, "application/json", text)
 }

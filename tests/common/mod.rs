@@ -475,3 +475,91 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub async fn admin(gw: &Gateway, path: &str) -> Reply {
     send(gw.handle.admin_addr, "GET", path, &[], Bytes::new()).await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logging in (shared by tests/login.rs, hostile_login.rs, browser_flow.rs, hardening.rs)
+
+/// Test-only passwords of the users `alice` and `bob`.
+pub const ALICE_PASSWORD: &str = "alice-test-password";
+pub const BOB_PASSWORD: &str = "bob-test-password";
+
+/// Argon2id hashes of [`ALICE_PASSWORD`] and [`BOB_PASSWORD`], made by the code under test,
+/// once per test binary.
+pub fn user_hashes() -> &'static (String, String) {
+    static H: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+    H.get_or_init(|| {
+        (
+            authgate::login::hash_password(ALICE_PASSWORD).unwrap(),
+            authgate::login::hash_password(BOB_PASSWORD).unwrap(),
+        )
+    })
+}
+
+/// POSTs `body` to `/auth/login` with this content type.
+pub async fn post_login(
+    gw: &Gateway,
+    content_type: &str,
+    body: impl Into<Bytes>,
+    extra: &[(&str, &str)],
+) -> Reply {
+    let mut headers = vec![("content-type", content_type)];
+    headers.extend_from_slice(extra);
+    send(gw.addr(), "POST", "/auth/login", &headers, body.into()).await
+}
+
+/// A JSON login.
+pub async fn json_login(gw: &Gateway, user: &str, password: &str, extra: &[(&str, &str)]) -> Reply {
+    let body = json!({"username": user, "password": password}).to_string();
+    post_login(gw, "application/json", body, extra).await
+}
+
+/// An `application/x-www-form-urlencoded` body.
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// A browser's form login.
+pub async fn form_login(gw: &Gateway, pairs: &[(&str, &str)], extra: &[(&str, &str)]) -> Reply {
+    post_login(
+        gw,
+        "application/x-www-form-urlencoded",
+        form_body(pairs),
+        extra,
+    )
+    .await
+}
+
+fn jwt_part(token: &str, index: usize) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(index).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// A token's claims, decoded without verification (to look at what was issued).
+pub fn payload(token: &str) -> Value {
+    jwt_part(token, 1)
+}
+
+/// A token's JOSE header.
+pub fn jose_header(token: &str) -> Value {
+    jwt_part(token, 0)
+}
+
+/// The session token a response sets (`Set-Cookie: authgate_session=...`).
+pub fn session_from(reply: &Reply) -> String {
+    let cookie = reply.headers["set-cookie"].to_str().unwrap();
+    cookie
+        .strip_prefix("authgate_session=")
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie in {cookie}"))
+        .to_owned()
+}
