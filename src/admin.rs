@@ -29,28 +29,7 @@ fn answer(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => {
-            let rt = gateway.snapshot();
-            let waiting: Vec<&str> = rt
-                .verifier
-                .providers()
-                .iter()
-                .filter(|p| !p.is_ready())
-                .map(|p| p.settings.url.as_str())
-                .collect();
-            if waiting.is_empty() {
-                text(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "text/plain",
-                    format!(
-                        "waiting for the first JWKS fetch from: {}\n",
-                        waiting.join(", ")
-                    ),
-                )
-            }
-        }
+        "/readyz" => readiness(gateway),
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -61,6 +40,33 @@ fn answer(gateway: &Gateway, req: &Request<Incoming>) -> Response<Body> {
             "text/plain",
             "not found: try /healthz, /readyz or /metrics\n",
         ),
+    }
+}
+
+/// Ready when a config is loaded, every remote JWKS provider has been fetched once, and the
+/// revocation mirror has been filled from a reachable state store (a replica must not serve
+/// without knowing what was revoked).
+fn readiness(gateway: &Gateway) -> Response<Body> {
+    let snap = gateway.snapshot();
+    let mut waiting: Vec<String> = snap
+        .verifier
+        .providers()
+        .iter()
+        .filter(|p| !p.is_ready())
+        .map(|p| format!("the first JWKS fetch from {}", p.settings.url))
+        .collect();
+    let mirror = &gateway.state().mirror;
+    let store = gateway.state().store.kind();
+    if !mirror.is_synced() {
+        waiting.push(format!("the first sync with the {store} state store"));
+    } else if !mirror.store_up() {
+        waiting.push(format!("the {store} state store (unreachable)"));
+    }
+    if waiting.is_empty() {
+        text(StatusCode::OK, "text/plain", "ready\n")
+    } else {
+        let body = format!("waiting for {}\n", waiting.join("; "));
+        text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
     }
 }
 

@@ -4,6 +4,7 @@
 //! diff fields by hand: it compares two `Boot` values and warns when they differ.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Method;
@@ -16,6 +17,12 @@ pub struct Boot {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub max_connections: usize,
+    /// `state.store`: where revocations, sessions and login limits live.
+    pub store: String,
+    /// Whether `state:` was written at all (without it: `memory:` and a warning).
+    pub store_configured: bool,
+    /// The config file's directory (`sqlite:PATH` is relative to it).
+    pub config_dir: PathBuf,
 }
 
 /// Limits of the main listener that a reload may change (new connections get them).
@@ -59,10 +66,24 @@ impl Boot {
                 "must be at least 1",
             );
         }
+        let store = raw
+            .state
+            .as_ref()
+            .map_or("memory:", |s| s.store.as_str())
+            .to_owned();
+        if !crate::state::is_store_url(&store) {
+            diags.at(
+                &root.key("state").key("store"),
+                format!("`{store}` is not a store: use memory:, sqlite:PATH, redis://, rediss:// or redis+sentinel://"),
+            );
+        }
         Some(Boot {
             listen: listen?,
             admin_listen: admin_listen?,
             max_connections: usize::try_from(raw.server.max_connections).unwrap_or(usize::MAX),
+            store,
+            store_configured: raw.state.is_some(),
+            config_dir: diags.source().dir.clone(),
         })
     }
 

@@ -73,6 +73,94 @@ pub enum Command {
         #[arg(long, value_name = "IP:PORT")]
         admin_addr: Option<String>,
     },
+    /// Revoke a user's tokens, a session or one token, through the configured state store;
+    /// running gateways enforce it within a second.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["sub", "sid", "jti"])))]
+    Revoke {
+        /// Every token and session of this user (`sub`).
+        #[arg(long)]
+        sub: Option<String>,
+        /// Every token of this session (`sid`) and its refresh tokens.
+        #[arg(long)]
+        sid: Option<String>,
+        /// One token (`jti`).
+        #[arg(long)]
+        jti: Option<String>,
+    },
+}
+
+/// What `authgate revoke` revokes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    User(String),
+    Session(String),
+    Token(String),
+}
+
+impl RevokeTarget {
+    pub fn from_args(sub: Option<&str>, sid: Option<&str>, jti: Option<&str>) -> Option<Self> {
+        match (sub, sid, jti) {
+            (Some(s), None, None) => Some(RevokeTarget::User(s.to_owned())),
+            (None, Some(s), None) => Some(RevokeTarget::Session(s.to_owned())),
+            (None, None, Some(j)) => Some(RevokeTarget::Token(j.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+/// Revokes through `state`: the revocation (kept until every token it covers has expired:
+/// `tokens.ttl` and the leeway from now) and, for a user or a session, their refresh tokens.
+pub async fn revoke(
+    state: &dyn crate::state::Store,
+    snap: &Snapshot,
+    target: &RevokeTarget,
+) -> Result<String, crate::state::StoreError> {
+    use crate::state::Revocation;
+    let until = snap.issuer.session_end_from_now();
+    let now = crate::clock::unix_now();
+    match target {
+        RevokeTarget::User(sub) => {
+            let before = now + 1;
+            state
+                .revoke(Revocation::User {
+                    sub: sub.clone(),
+                    before,
+                    until,
+                })
+                .await?;
+            let ended = state.end_user_sessions(sub).await?;
+            Ok(format!(
+                "revoked every token of user `{sub}` issued until now, and {} refresh session(s)",
+                ended.len()
+            ))
+        }
+        RevokeTarget::Session(sid) => {
+            state
+                .revoke(Revocation::Session {
+                    sid: sid.clone(),
+                    until,
+                })
+                .await?;
+            let ended = state.end_session(sid).await?;
+            Ok(format!(
+                "revoked session `{sid}`{}",
+                if ended.is_some() {
+                    " and its refresh tokens"
+                } else {
+                    ""
+                }
+            ))
+        }
+        RevokeTarget::Token(jti) => {
+            state
+                .revoke(Revocation::Token {
+                    jti: jti.clone(),
+                    until,
+                })
+                .await?;
+            Ok(format!("revoked token `{jti}`"))
+        }
+    }
 }
 
 /// Reads the password for `hash-password`: from the terminal without echo, or the first line

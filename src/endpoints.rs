@@ -9,18 +9,25 @@ use crate::config::{Diagnostics, KeyPath};
 pub enum Endpoint {
     Login,
     Logout,
+    Refresh,
     Jwks,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order of [`Endpoint::index`].
-    pub const ALL: [Endpoint; 3] = [Endpoint::Login, Endpoint::Logout, Endpoint::Jwks];
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Login,
+        Endpoint::Logout,
+        Endpoint::Refresh,
+        Endpoint::Jwks,
+    ];
 
     /// Its name in logs and in the `route` label of metrics.
     pub fn label(self) -> &'static str {
         match self {
             Endpoint::Login => "(login)",
             Endpoint::Logout => "(logout)",
+            Endpoint::Refresh => "(refresh)",
             Endpoint::Jwks => "(jwks)",
         }
     }

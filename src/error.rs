@@ -41,6 +41,9 @@ pub enum GatewayError {
     TooManyRequests(Duration),
     #[error("invalid username or password")]
     InvalidCredentials,
+    /// RFC 6749 §5.2 `invalid_grant`.
+    #[error("the refresh token is not valid (unknown, expired, revoked or already used)")]
+    InvalidGrant,
     #[error("internal error")]
     Internal,
     /// Login, refresh and logout need the state store; without it they refuse rather than
@@ -61,7 +64,7 @@ pub enum GatewayError {
 /// Every reason a request is refused for authentication or authorization
 /// (`authgate_auth_failures_total`), the same words as in the log: a token's
 /// [`TokenError::reason`], then the refusals that are not about a token.
-pub const AUTH_FAILURE_REASONS: [&str; 20] = [
+pub const AUTH_FAILURE_REASONS: [&str; 21] = [
     "missing",
     "too_large",
     "malformed",
@@ -80,6 +83,7 @@ pub const AUTH_FAILURE_REASONS: [&str; 20] = [
     "revoked",
     "insufficient_scope",
     "invalid_credentials",
+    "invalid_grant",
     "too_many_requests",
     "cross_site_request",
 ];
@@ -92,6 +96,7 @@ impl GatewayError {
             | GatewayError::LoginRedirect { .. }
             | GatewayError::Forbidden(_)
             | GatewayError::InvalidCredentials
+            | GatewayError::InvalidGrant
             | GatewayError::TooManyRequests(_)
             | GatewayError::CrossSite => Some(self.reason()),
             _ => None,
@@ -113,7 +118,9 @@ impl GatewayError {
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            GatewayError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            GatewayError::InvalidCredentials | GatewayError::InvalidGrant => {
+                StatusCode::UNAUTHORIZED
+            }
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::CrossSite => StatusCode::FORBIDDEN,
@@ -136,6 +143,7 @@ impl GatewayError {
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::TooManyRequests(_) => "too_many_requests",
             GatewayError::InvalidCredentials => "invalid_credentials",
+            GatewayError::InvalidGrant => "invalid_grant",
             GatewayError::Internal => "internal_error",
             GatewayError::StoreUnavailable(_) => "store_unavailable",
             GatewayError::CrossSite => "cross_site_request",

@@ -123,11 +123,12 @@ impl Gateway {
         let metrics = Metrics::new();
         snapshot.bind_metrics(&metrics);
         snapshot.start_background();
+        let state = State::start(store, metrics.store.clone());
         Arc::new(Gateway {
             boot,
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
-            state: State::start(store),
+            state,
             tunnels: TaskTracker::new(),
         })
     }
@@ -295,7 +296,8 @@ impl Gateway {
         let answer = match (endpoint, &snap.login, &snap.jwks) {
             (Endpoint::Jwks, _, Some(document)) => return Ok(jwks_response(document)),
             (Endpoint::Login, Some(l), _) => l.login(view, body, &services).await,
-            (Endpoint::Logout, Some(l), _) => l.logout(view, &services).await?,
+            (Endpoint::Logout, Some(l), _) => l.logout(view, body, &services).await?,
+            (Endpoint::Refresh, Some(l), _) => l.refresh(view, body, &services).await?,
             // The table only holds endpoints that are configured.
             _ => return Err(GatewayError::NoRoute),
         };

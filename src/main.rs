@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         Some(Command::HashPassword) => hash_password(),
         Some(Command::Token { sub, claims, ttl }) => token(&cli, sub, claims, ttl.as_deref()),
         Some(Command::Healthcheck { admin_addr }) => healthcheck(&cli, admin_addr.as_deref()),
+        Some(Command::Revoke { sub, sid, jti }) => revoke(&cli, sub, sid, jti),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,6 +96,54 @@ fn token(cli: &Cli, sub: &str, claims: &[String], ttl: Option<&str>) -> anyhow::
     Ok(())
 }
 
+/// The configured state store (a `memory:` one says loudly what that means).
+async fn open_store(
+    boot: &authgate::boot::Boot,
+) -> anyhow::Result<std::sync::Arc<dyn authgate::state::Store>> {
+    if !boot.store_configured {
+        tracing::warn!(
+            "no `state:` section: revocations, sessions and login limits live in this process's memory and are lost on restart, and replicas do not share them. Set `state.store` (e.g. sqlite:authgate-state.db or redis://...)"
+        );
+    } else if boot.store == "memory:" {
+        tracing::warn!(
+            "state.store is `memory:`: revocations, sessions and login limits are lost on restart and not shared by replicas"
+        );
+    }
+    authgate::state::open(&boot.store, &boot.config_dir)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open the state store `{}`: {e}", boot.store))
+}
+
+fn revoke(
+    cli: &Cli,
+    sub: &Option<String>,
+    sid: &Option<String>,
+    jti: &Option<String>,
+) -> anyhow::Result<()> {
+    let target = cli::RevokeTarget::from_args(sub.as_deref(), sid.as_deref(), jti.as_deref())
+        .context("give one of --sub, --sid, --jti")?;
+    let loaded = Loaded::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if loaded.boot.store == "memory:" {
+        anyhow::bail!(
+            "the state store is `memory:`: a running gateway's memory cannot be reached from another process. Configure `state.store` (sqlite:PATH or redis://...) to revoke from the command line"
+        );
+    }
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let said = tokio.block_on(async {
+        let store = authgate::state::open(&loaded.boot.store, &loaded.boot.config_dir)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cli::revoke(&*store, &loaded.snapshot, &target)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })?;
+    println!("{said}");
+    Ok(())
+}
+
 fn healthcheck(cli: &Cli, admin_addr: Option<&str>) -> anyhow::Result<()> {
     let addr = authgate::healthcheck::run(&cli.config, admin_addr)
         .map_err(|e| anyhow::anyhow!("healthcheck: {e}"))?;
@@ -129,7 +178,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let routes = loaded.snapshot.routes.len();
-        let gateway = authgate::gateway::Gateway::new(loaded);
+        let store = open_store(&loaded.boot).await?;
+        let gateway = authgate::gateway::Gateway::with_store(loaded, store);
         tokio::spawn(authgate::admin::serve(gateway.clone(), admin_listener));
         // Signal handlers first: once "listening" is logged, SIGTERM and SIGHUP are handled.
         let shutdown = server::shutdown_signal();

@@ -142,6 +142,21 @@ impl Bound {
 /// The `route` label of requests no route and no endpoint took.
 pub const UNMATCHED: &str = "(none)";
 
+/// The state store's health: `authgate_store_up` and `authgate_store_errors_total`.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub up: Gauge,
+    errors: HashMap<&'static str, Counter>,
+}
+
+impl StoreMetrics {
+    pub fn error(&self, operation: &str) {
+        if let Some(c) = self.errors.get(operation) {
+            c.inc();
+        }
+    }
+}
+
 /// Every series the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -155,6 +170,7 @@ pub struct Metrics {
     pub config_loaded: Gauge,
     /// Client connections open on the main listener.
     pub open_connections: Gauge,
+    pub store: StoreMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -199,6 +215,39 @@ fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
     let g = Gauge::default();
     registry.register(name, help, g.clone());
     g
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+fn store_metrics(r: &mut Registry) -> StoreMetrics {
+    let up = gauge(
+        r,
+        "store_up",
+        "1 when the state store answered the last call of the revocation sync, else 0",
+    );
+    let operations = crate::state::STORE_OPERATIONS;
+    let family = counter_family(
+        r,
+        "store_errors",
+        "State store calls that failed, by operation",
+        |op| OperationLabels {
+            operation: op.to_owned(),
+        },
+        &operations,
+    );
+    let errors = operations
+        .iter()
+        .map(|op| {
+            let labels = OperationLabels {
+                operation: (*op).to_owned(),
+            };
+            (*op, family.get_or_create(&labels).clone())
+        })
+        .collect();
+    StoreMetrics { up, errors }
 }
 
 fn reason(r: &str) -> ReasonLabels {
@@ -277,6 +326,7 @@ impl Metrics {
             "open_connections",
             "Client connections open on the main listener (each holds one of server.max_connections)",
         );
+        let store = store_metrics(r);
         Metrics {
             registry,
             requests,
@@ -288,6 +338,7 @@ impl Metrics {
             logins,
             config_loaded,
             open_connections,
+            store,
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::Method;
 
-use crate::auth::issue::Issuer;
+use crate::auth::issue::{Issuer, RefreshSettings};
 use crate::auth::verify::VerifyOptions;
 use crate::auth::{Verifier, jwks, keys};
 use crate::boot::{Boot, ServerSettings, compile_extra_methods};
@@ -98,6 +98,13 @@ fn compile_tokens(
     header_claims: Vec<crate::auth::ClaimPath>,
     diags: &mut Diagnostics,
 ) -> Option<Tokens> {
+    let refresh = RefreshSettings::compile(&raw.tokens, diags);
+    if refresh.is_some() && raw.login.is_none() {
+        diags.at(
+            &KeyPath::root().key("tokens").key("refresh"),
+            "refresh tokens are returned by the login route: add a `login:` section",
+        );
+    }
     let keys = Arc::new(keys::compile(&raw.tokens, diags)?);
     let providers = jwks::compile(&raw.tokens, diags);
     let options = VerifyOptions {
@@ -108,21 +115,27 @@ fn compile_tokens(
     };
     Some(Tokens {
         jwks: keys::jwks_document(&keys),
-        issuer: Issuer::new(keys.clone(), &raw.tokens),
+        issuer: Issuer::new(keys.clone(), &raw.tokens, refresh),
         verifier: Verifier::new(keys, &options, header_claims, providers),
     })
 }
 
-fn compile_endpoints(login: Option<&Login>, jwks: bool, diags: &mut Diagnostics) -> Endpoints {
+fn compile_endpoints(
+    login: Option<&Login>,
+    refresh: bool,
+    jwks: bool,
+    diags: &mut Diagnostics,
+) -> Endpoints {
     let at = KeyPath::root().key("login");
     let mut entries = Vec::new();
     if let Some(l) = login {
         entries.push((l.path.as_str(), Endpoint::Login, at.key("path")));
-        entries.push((
-            l.logout_path.as_str(),
-            Endpoint::Logout,
-            at.key("logout_path"),
-        ));
+        let logout = at.key("logout_path");
+        entries.push((l.logout_path.as_str(), Endpoint::Logout, logout));
+        if refresh {
+            let path = at.key("refresh_path");
+            entries.push((l.refresh_path.as_str(), Endpoint::Refresh, path));
+        }
     }
     if jwks {
         entries.push((JWKS_PATH, Endpoint::Jwks, KeyPath::root()));
@@ -146,7 +159,8 @@ fn compile(raw: &RawConfig, diags: &mut Diagnostics) -> Option<Snapshot> {
     let tokens = compile_tokens(raw, compiled.header_claims, diags);
     let login = raw.login.as_ref().and_then(|l| login::compile(l, diags));
     let has_jwks = tokens.as_ref().is_some_and(|t| t.jwks.is_some());
-    let endpoints = compile_endpoints(login.as_ref(), has_jwks, diags);
+    let refresh = raw.tokens.refresh.is_some();
+    let endpoints = compile_endpoints(login.as_ref(), refresh, has_jwks, diags);
     let warnings = shadow_warnings(&compiled.table, diags.source());
     let files = watched_files(raw, diags.source(), login.as_ref());
     if raw.login.is_some() && login.is_none() {

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use super::keys::KeySet;
 use crate::clock::unix_now;
-use crate::config::RawTokens;
+use crate::config::{Diagnostics, KeyPath, RawTokens};
+use crate::state::store::TokenHash;
 
 /// Claims the issuer sets itself; callers cannot override them.
 pub const RESERVED_CLAIMS: [&str; 8] = ["sub", "iss", "aud", "exp", "nbf", "iat", "jti", "sid"];
@@ -43,6 +44,64 @@ pub struct Issued {
     pub exp: u64,
 }
 
+/// `tokens.refresh`, compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshSettings {
+    /// Absolute lifetime of a session.
+    pub ttl: Duration,
+    /// A refresh token unused this long is dead.
+    pub idle_ttl: Duration,
+    /// How long a just-spent token may be presented again.
+    pub reuse_grace: Duration,
+}
+
+impl RefreshSettings {
+    pub fn compile(tokens: &RawTokens, diags: &mut Diagnostics) -> Option<RefreshSettings> {
+        let raw = tokens.refresh.as_ref()?;
+        let at = KeyPath::root().key("tokens").key("refresh");
+        for (field, value) in [("ttl", raw.ttl.0), ("idle_ttl", raw.idle_ttl.0)] {
+            if value.is_zero() {
+                diags.at(&at.key(field), "must be longer than 0s");
+            }
+        }
+        if raw.reuse_grace.0 >= raw.idle_ttl.0 {
+            diags.at(
+                &at.key("reuse_grace"),
+                "must be shorter than `idle_ttl` (a grace as long as the token's life is no rotation)",
+            );
+        }
+        Some(RefreshSettings {
+            ttl: raw.ttl.0,
+            idle_ttl: raw.idle_ttl.0,
+            reuse_grace: raw.reuse_grace.0,
+        })
+    }
+}
+
+/// A new refresh token: what the client gets, and the only thing the store keeps (its hash).
+pub struct RefreshToken {
+    pub token: String,
+    pub hash: TokenHash,
+}
+
+/// 256 random bits, base64url: guessing one is hopeless, so the endpoint needs no lockout.
+pub fn new_refresh_token() -> RefreshToken {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let hash = hash_refresh_token(&token);
+    RefreshToken { token, hash }
+}
+
+/// The SHA-256 a refresh token is stored (and looked up) as.
+pub fn hash_refresh_token(token: &str) -> TokenHash {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(digest.as_ref());
+    hash
+}
+
 /// Signs access tokens with the first configured key.
 pub struct Issuer {
     keys: Arc<KeySet>,
@@ -50,16 +109,19 @@ pub struct Issuer {
     audience: Option<String>,
     ttl: Duration,
     leeway: Duration,
+    /// Refresh tokens, when `tokens.refresh` is set.
+    pub refresh: Option<RefreshSettings>,
 }
 
 impl Issuer {
-    pub fn new(keys: Arc<KeySet>, tokens: &RawTokens) -> Issuer {
+    pub fn new(keys: Arc<KeySet>, tokens: &RawTokens, refresh: Option<RefreshSettings>) -> Issuer {
         Issuer {
             keys,
             issuer: tokens.issuer.as_ref().map(|t| t.as_str().to_owned()),
             audience: tokens.audience.as_ref().map(|t| t.as_str().to_owned()),
             ttl: tokens.ttl.0,
             leeway: tokens.leeway.0,
+            refresh,
         }
     }
 

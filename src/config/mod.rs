@@ -44,6 +44,10 @@ pub struct RawConfig {
     /// Claims cache bounds.
     #[serde(default)]
     pub cache: RawCache,
+    /// Where revocations, sessions, refresh tokens and login limits live. Missing: `memory:`,
+    /// with a warning at start (nothing survives a restart).
+    #[serde(default)]
+    pub state: Option<RawState>,
     /// Named upstreams: `name: "http://host:port"` or `name: { url, connect_timeout, timeout }`.
     pub upstreams: BTreeMap<String, RawUpstream>,
     /// Routes, first match in file order wins.
@@ -159,6 +163,49 @@ pub struct RawTokens {
     /// naming its issuer.
     #[serde(default)]
     pub jwks: Vec<RawJwks>,
+    /// Refresh tokens (optional): login also returns one, exchanged at `login.refresh_path`.
+    #[serde(default)]
+    pub refresh: Option<RawRefresh>,
+}
+
+/// `state:` — the store shared by every replica.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `memory:`, `sqlite:PATH` (relative to this file), `redis://…`, `rediss://…` or
+    /// `redis+sentinel://host1:26379,host2:26379/mymaster/0`. Takes effect on restart.
+    #[serde(default = "default_store")]
+    pub store: Text,
+}
+
+fn default_store() -> Text {
+    Text("memory:".into())
+}
+
+/// `tokens.refresh:` — login also returns a refresh token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRefresh {
+    /// Absolute lifetime of a session (its refresh-token family). Default 30d.
+    #[serde(default = "default_refresh_ttl")]
+    pub ttl: DurationValue,
+    /// A refresh token unused this long is dead. Default 7d.
+    #[serde(default = "default_refresh_idle")]
+    pub idle_ttl: DurationValue,
+    /// A just-rotated token may be presented again within this window (a client that lost
+    /// the answer); after it, presenting it again revokes the whole session. Default 10s.
+    #[serde(default = "default_reuse_grace")]
+    pub reuse_grace: DurationValue,
+}
+
+fn default_refresh_ttl() -> DurationValue {
+    DurationValue(Duration::from_secs(30 * 86400))
+}
+fn default_refresh_idle() -> DurationValue {
+    DurationValue(Duration::from_secs(7 * 86400))
+}
+fn default_reuse_grace() -> DurationValue {
+    DurationValue(Duration::from_secs(10))
 }
 
 /// `tokens.jwks[]` — a remote JWK Set.
@@ -236,6 +283,9 @@ pub struct RawLogin {
     /// `POST` here to log out (clears the cookie, revokes the token).
     #[serde(default = "default_logout_path")]
     pub logout_path: Text,
+    /// `POST` here to exchange a refresh token (when `tokens.refresh` is set).
+    #[serde(default = "default_refresh_path")]
+    pub refresh_path: Text,
     /// An HTML file replacing the built-in login page (placeholders: `{{action}}`, `{{next}}`,
     /// `{{username}}`, `{{error}}`).
     #[serde(default)]
@@ -260,6 +310,9 @@ pub struct RawLogin {
 
 fn default_login_path() -> Text {
     Text("/auth/login".into())
+}
+fn default_refresh_path() -> Text {
+    Text("/auth/refresh".into())
 }
 fn default_logout_path() -> Text {
     Text("/auth/logout".into())

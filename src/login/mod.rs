@@ -7,6 +7,7 @@
 pub mod form;
 pub mod page;
 pub mod password;
+pub mod refresh;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use password::{MAX_PASSWORD, MAX_USERNAME, Passwords, hash_password};
 pub struct Login {
     pub path: String,
     pub logout_path: String,
+    pub refresh_path: String,
     /// The login page's HTML template.
     template: String,
     /// The template file, when there is one (watched for reloads).
@@ -153,6 +155,7 @@ pub fn compile(raw: &RawLogin, diags: &mut Diagnostics) -> Option<Login> {
     let at = KeyPath::root().key("login");
     let path = endpoint_path(raw.path.as_str(), &at.key("path"), diags);
     let logout_path = endpoint_path(raw.logout_path.as_str(), &at.key("logout_path"), diags);
+    let refresh_path = endpoint_path(raw.refresh_path.as_str(), &at.key("refresh_path"), diags);
     if logout_path == path {
         diags.at(&at.key("logout_path"), "must differ from `path`");
     }
@@ -169,6 +172,7 @@ pub fn compile(raw: &RawLogin, diags: &mut Diagnostics) -> Option<Login> {
     Some(Login {
         path,
         logout_path,
+        refresh_path,
         template,
         template_file,
         passwords: passwords?,
@@ -182,7 +186,6 @@ pub fn compile(raw: &RawLogin, diags: &mut Diagnostics) -> Option<Login> {
 
 async fn check_rate(state: &State, key: &str, quota: Quota) -> Result<(), GatewayError> {
     state
-        .store
         .take(key, quota)
         .await?
         .map_err(|wait| GatewayError::TooManyRequests(wait.max(Duration::from_secs(1))))
@@ -205,10 +208,12 @@ impl From<GatewayError> for Failed {
     }
 }
 
-/// A successful attempt: the token, who, and where a browser goes next.
+/// A successful attempt: the token, who (and the claims their tokens carry), and where a
+/// browser goes next.
 struct Success {
-    token: String,
+    issued: crate::auth::issue::Issued,
     username: String,
+    claims: serde_json::Map<String, serde_json::Value>,
     next: Option<String>,
 }
 
@@ -265,14 +270,15 @@ impl Login {
         let claims = self.passwords.claims(&username);
         let issued = services
             .issuer
-            .issue(&username, claims, None)
+            .issue(&username, claims.clone(), None)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot sign a token for a successful login");
                 failed(GatewayError::Internal)
             })?;
         Ok(Success {
-            token: issued.token,
+            issued,
             username,
+            claims,
             next,
         })
     }
@@ -303,14 +309,25 @@ impl Login {
         };
         let html = matches!(form, Form::UrlEncoded);
         match self.attempt(view, body, &form, services).await {
-            Ok(success) => self.logged_in(success, html, services),
+            Ok(success) => match self.logged_in(success, html, services).await {
+                Ok(answer) => answer,
+                Err(e) => Answer::failed(e),
+            },
             Err(failed) if html => self.form_failed(failed),
             Err(failed) => Answer::failed(failed.error),
         }
     }
 
-    fn logged_in(&self, success: Success, html: bool, services: &Services<'_>) -> Answer {
+    /// The answer to a successful login: a browser (form) gets the cookie and a 303 to `next`;
+    /// an API client (JSON) gets the token, and a refresh token when they are configured.
+    async fn logged_in(
+        &self,
+        success: Success,
+        html: bool,
+        services: &Services<'_>,
+    ) -> Result<Answer, GatewayError> {
         let ttl = services.issuer.ttl();
+        let token = &success.issued.token;
         let mut resp = if html {
             let mut r = page::response(StatusCode::SEE_OTHER, String::new());
             let target = safe_next(success.next.as_deref().unwrap_or("/"));
@@ -319,19 +336,24 @@ impl Login {
             }
             r
         } else {
-            crate::response::json(
-                StatusCode::OK,
-                &json!({"access_token": success.token, "token_type": "Bearer", "expires_in": ttl.as_secs()}),
-            )
+            let mut body =
+                json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl.as_secs()});
+            let (sub, claims) = (&success.username, success.claims);
+            if let Some(refresh) =
+                refresh::start_session(&success.issued, sub, claims, services).await?
+            {
+                body["refresh_token"] = refresh.into();
+            }
+            crate::response::json(StatusCode::OK, &body)
         };
-        if let Some(c) = services.cookie.set(&success.token, ttl) {
+        if let Some(c) = services.cookie.set(token, ttl) {
             resp.headers_mut().append(SET_COOKIE, c);
         }
-        Answer {
+        Ok(Answer {
             response: resp,
             user: Some(success.username),
             error: None,
-        }
+        })
     }
 
     /// A failed form login: the page again, with the error said plainly and the username kept.
@@ -358,11 +380,13 @@ impl Login {
     }
 
     /// `POST {login.logout_path}`: revokes the token (until its `exp`) and its whole session
-    /// (every token carrying its `sid`, sliding renewals included), clears the cookie, then
-    /// sends a browser to the login page or answers an API client 204.
+    /// (every token carrying its `sid`, sliding renewals included, and its refresh tokens);
+    /// with `?everywhere=1` (or JSON `{"everywhere": true}`) every session of the user. Then
+    /// clears the cookie and sends a browser to the login page or answers an API client 204.
     pub async fn logout(
         &self,
         view: &RequestView<'_>,
+        body: Incoming,
         services: &Services<'_>,
     ) -> Result<Answer, GatewayError> {
         if *view.method != Method::POST {
@@ -372,11 +396,15 @@ impl Login {
             return Err(GatewayError::CrossSite);
         }
         let found = credentials::token(view.headers, &services.cookie.name)?;
+        let everywhere = self.everywhere(view, body).await?;
         let mut user = None;
         if let Some((token, _)) = found
             && let Ok(verified) = services.verifier.verify(token).await
         {
             revoke_session(&verified, services).await?;
+            if everywhere && let Some(sub) = &verified.sub {
+                revoke_user(sub, services).await?;
+            }
             user = verified.sub.clone();
         }
         let from_browser = matches!(found, Some((_, TokenSource::Cookie)))
@@ -404,9 +432,37 @@ impl Login {
             error: None,
         })
     }
+
+    /// Whether a logout asks to end every session: `?everywhere=1` (or `true`), a form field
+    /// `everywhere=1`, or JSON `{"everywhere": true}`.
+    async fn everywhere(
+        &self,
+        view: &RequestView<'_>,
+        body: Incoming,
+    ) -> Result<bool, GatewayError> {
+        let yes = |v: &str| matches!(v, "1" | "true");
+        let in_query = view.query.is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "everywhere" && yes(&v))
+        });
+        if in_query || hyper::body::Body::is_end_stream(&body) {
+            return Ok(in_query);
+        }
+        let bytes = read_body(body, view.headers, self.max_body).await?;
+        Ok(match content_type(view.headers) {
+            Ok(Form::Json) => serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("everywhere")?.as_bool())
+                .unwrap_or(false),
+            Ok(Form::UrlEncoded) => {
+                form_urlencoded::parse(&bytes).any(|(k, v)| k == "everywhere" && yes(&v))
+            }
+            Err(_) => false,
+        })
+    }
 }
 
-/// Revokes a token and its session in the store (and this process's mirror).
+/// Revokes a token and its session in the store (and this process's mirror), and ends the
+/// session's refresh tokens.
 async fn revoke_session(
     verified: &crate::auth::VerifiedToken,
     services: &Services<'_>,
@@ -421,12 +477,28 @@ async fn revoke_session(
     }
     if let Some(sid) = &verified.sid {
         let until = services.issuer.session_end_from_now();
-        let sid = sid.clone();
         services
             .state
-            .revoke(Revocation::Session { sid, until })
+            .revoke(Revocation::Session {
+                sid: sid.clone(),
+                until,
+            })
             .await?;
+        services.state.end_session(sid).await?;
     }
+    Ok(())
+}
+
+/// Voids every token the user holds now (a cutoff at this second: tokens issued before it are
+/// refused) and ends every refresh-token family of theirs.
+pub async fn revoke_user(sub: &str, services: &Services<'_>) -> Result<(), GatewayError> {
+    let revocation = Revocation::User {
+        sub: sub.to_owned(),
+        before: crate::clock::unix_now(),
+        until: services.issuer.session_end_from_now(),
+    };
+    services.state.revoke(revocation).await?;
+    services.state.end_user_sessions(sub).await?;
     Ok(())
 }
 

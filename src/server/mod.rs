@@ -121,7 +121,10 @@ pub async fn spawn(loaded: Loaded, listen: Option<SocketAddr>) -> std::io::Resul
     let admin_listener = TcpListener::bind(admin_listen).await?;
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let gateway = Gateway::new(loaded);
+    let store = crate::state::open(&loaded.boot.store, &loaded.boot.config_dir)
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let gateway = Gateway::with_store(loaded, store);
     let admin = tokio::spawn(crate::admin::serve(gateway.clone(), admin_listener));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(gateway.clone(), listener, async {

@@ -13,6 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::store::{Revocation, Store};
 use crate::clock::unix_now;
+use crate::metrics::StoreMetrics;
 
 /// Most revocations mirrored; beyond it the least recently used go first.
 const MAX_ENTRIES: u64 = 1_000_000;
@@ -123,6 +124,13 @@ impl Mirror {
             })
     }
 
+    /// For a store that starts empty in this process (`memory:`): there is nothing to fetch,
+    /// so the mirror is complete from the start.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, Ordering::Release);
+        self.store_up.store(true, Ordering::Release);
+    }
+
     /// Whether the mirror has been filled from the store at least once.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
@@ -133,17 +141,22 @@ impl Mirror {
         self.store_up.load(Ordering::Acquire)
     }
 
-    async fn resync(&self, store: &dyn Store) -> bool {
+    async fn resync(&self, store: &dyn Store, metrics: &StoreMetrics) -> bool {
         match store.revocations(unix_now()).await {
             Ok(all) => {
                 for r in &all {
                     self.apply(r);
                 }
                 self.synced.store(true, Ordering::Release);
-                self.store_up.store(true, Ordering::Release);
+                if !self.store_up.swap(true, Ordering::AcqRel) {
+                    tracing::info!(store = store.kind(), "state store reachable");
+                }
+                metrics.up.set(1);
                 true
             }
             Err(e) => {
+                metrics.up.set(0);
+                metrics.error("sync");
                 if self.store_up.swap(false, Ordering::AcqRel) {
                     tracing::error!(store = store.kind(), error = %e, "state store unreachable: tokens keep verifying against the last known revocations; login, refresh and logout answer 503");
                 }
@@ -154,13 +167,13 @@ impl Mirror {
 
     /// Keeps the mirror current until the process ends: subscribe, resync whole, then apply
     /// changes as they come and resync again on a lost feed and every [`RESYNC_EVERY`].
-    pub fn spawn_sync(self: &Arc<Self>, store: Arc<dyn Store>) {
+    pub fn spawn_sync(self: &Arc<Self>, store: Arc<dyn Store>, metrics: Arc<StoreMetrics>) {
         let mirror = self.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
                 let mut changes = store.subscribe();
-                if !mirror.resync(&*store).await {
+                if !mirror.resync(&*store, &metrics).await {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
@@ -176,7 +189,7 @@ impl Mirror {
                             Err(RecvError::Lagged(_) | RecvError::Closed) => break,
                         },
                         _ = resync.tick() => {
-                            if !mirror.resync(&*store).await {
+                            if !mirror.resync(&*store, &metrics).await {
                                 break;
                             }
                         }
