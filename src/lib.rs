@@ -20,3 +20,4 @@ pub mod routes;
 pub mod runtime;
 pub mod server;
 pub mod session;
+pub mod tls;
