@@ -1,6 +1,8 @@
 //! The Redis store (`redis://`, `rediss://` over TLS, `redis+sentinel://`): shared by every
 //! replica. A standalone server or a Sentinel-managed primary; not Redis Cluster (the scripts
-//! touch keys they derive, which Cluster forbids).
+//! touch keys they derive, which Cluster forbids). `rediss://` checks the server's certificate
+//! against the system roots (rustls; `SSL_CERT_FILE` or `SSL_CERT_DIR` replace them, e.g. with a
+//! private CA); Sentinel connections are plain TCP.
 //!
 //! Key layout (every key starts with `authgate:`):
 //!
@@ -35,7 +37,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Client, ErrorKind, IntoConnectionInfo, RedisError, Script, ServerErrorKind};
 use serde_json::{Map, Value};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::Quota;
@@ -367,7 +369,8 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects (and checks the server answers, so a wrong URL or password fails at start),
-    /// then starts listening for revocations.
+    /// then subscribes to revocations: once it returns, [`Store::subscribe`] sees every
+    /// revocation made from then on (until a lost connection).
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let link = Arc::new(Link {
             target: Target::parse(url)?,
@@ -377,12 +380,24 @@ impl RedisStore {
             .await?;
         let changes = broadcast::channel(1024).0;
         let stop = CancellationToken::new();
-        tokio::spawn(listen(link.clone(), changes.clone(), stop.clone()));
-        Ok(RedisStore {
-            link,
-            changes,
-            _stop: stop.drop_guard(),
-        })
+        let (subscribed, first) = oneshot::channel();
+        let retry = Retry {
+            backoff: MIN_BACKOFF,
+            subscribed: Some(subscribed),
+        };
+        tokio::spawn(listen(link.clone(), changes.clone(), retry, stop.clone()));
+        // Dropping the guard on failure stops the task.
+        let stop = stop.drop_guard();
+        match tokio::time::timeout(CALL_TIMEOUT, first).await {
+            Ok(Ok(())) => Ok(RedisStore {
+                link,
+                changes,
+                _stop: stop,
+            }),
+            _ => Err(StoreError(
+                "redis: cannot subscribe to the revocation channel".into(),
+            )),
+        }
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -485,28 +500,41 @@ fn session_info(
 /// The pub/sub task: relays `authgate:revocations` messages to the broadcast channel, and
 /// reconnects with backoff whenever the subscription is lost. Messages published while it is
 /// away are lost; the mirror's periodic resync heals that.
-async fn listen(link: Arc<Link>, changes: broadcast::Sender<Revocation>, stop: CancellationToken) {
-    let mut backoff = MIN_BACKOFF;
+async fn listen(
+    link: Arc<Link>,
+    changes: broadcast::Sender<Revocation>,
+    mut retry: Retry,
+    stop: CancellationToken,
+) {
     loop {
         let lost = tokio::select! {
             _ = stop.cancelled() => return,
-            lost = relay(&link, &changes, &mut backoff) => lost,
+            lost = relay(&link, &changes, &mut retry) => lost,
         };
-        tracing::warn!(error = %lost, retry_in_ms = backoff.as_millis(), "redis store: revocation feed lost");
+        let wait = retry.backoff;
+        tracing::warn!(error = %lost, retry_in_ms = wait.as_millis(), "redis store: revocation feed lost");
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        retry.backoff = (wait * 2).min(MAX_BACKOFF);
     }
 }
 
-/// Subscribes and relays until the connection fails; returns why. Resets `backoff` once
+/// The pub/sub task's reconnection state.
+struct Retry {
+    /// The wait before the next attempt.
+    backoff: Duration,
+    /// Told once, at the first subscription ([`RedisStore::connect`] waits for it).
+    subscribed: Option<oneshot::Sender<()>>,
+}
+
+/// Subscribes and relays until the connection fails; returns why. Resets the backoff once
 /// subscribed.
 async fn relay(
     link: &Link,
     changes: &broadcast::Sender<Revocation>,
-    backoff: &mut Duration,
+    retry: &mut Retry,
 ) -> StoreError {
     let subscribed = tokio::time::timeout(CALL_TIMEOUT, async {
         let client = link.target.client().await?;
@@ -520,7 +548,10 @@ async fn relay(
         Ok(Err(e)) => return e.into(),
         Err(_) => return StoreError("redis: pub/sub connection timed out".into()),
     };
-    *backoff = MIN_BACKOFF;
+    retry.backoff = MIN_BACKOFF;
+    if let Some(subscribed) = retry.subscribed.take() {
+        let _ = subscribed.send(());
+    }
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(PUBSUB_PING_EVERY);
     ping.tick().await;
@@ -645,9 +676,11 @@ impl Store for RedisStore {
         // The successor's hash is random and ours alone: a holder id no other replica has.
         let (lock, holder) = (key(&["lock:", &sid]), hex(&x.next));
         self.lock(&lock, &holder).await?;
-        let rotated = self.rotate_locked(&x).await;
+        let rotated = self.rotate_locked(&x).await?;
+        // After a failure the lock is left to expire (within LOCK_TTL): releasing it would
+        // likely fail the same way, and make the caller wait another CALL_TIMEOUT for it.
         self.unlock(lock, holder).await;
-        rotated
+        Ok(rotated)
     }
 
     async fn end_session(&self, sid: &str) -> Result<Option<SessionInfo>, StoreError> {
