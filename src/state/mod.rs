@@ -3,19 +3,24 @@
 //! reloadable config, so saving the config file never un-revokes a session or refills an
 //! attacker's bucket; the config only passes in the quotas.
 //!
-//! `store` is the interface, `memory` the in-process backend; `mirror` is the local copy of the
-//! revocations that the request path reads.
+//! `store` is the interface, `memory`, `sqlite` and `redis` its backends ([`open`] picks one by
+//! URL); `mirror` is the local copy of the revocations that the request path reads.
 
 pub mod memory;
 pub mod mirror;
+pub mod redis;
+pub mod sqlite;
 pub mod store;
 
 pub use memory::MemoryStore;
 pub use mirror::Mirror;
+pub use redis::RedisStore;
+pub use sqlite::SqliteStore;
 pub use store::{Revocation, Store, StoreError};
 
 use crate::metrics::StoreMetrics;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,16 +31,6 @@ pub fn is_store_url(url: &str) -> bool {
         || ["redis://", "rediss://", "redis+sentinel://"]
             .iter()
             .any(|scheme| url.starts_with(scheme))
-}
-
-/// Opens the store `url` names (`memory:` here; the other backends when built in).
-pub async fn open(url: &str, _config_dir: &std::path::Path) -> Result<Arc<dyn Store>, StoreError> {
-    match url {
-        "memory:" => Ok(Arc::new(MemoryStore::default())),
-        other => Err(StoreError(format!(
-            "`{other}`: this build has no such store"
-        ))),
-    }
 }
 
 /// The gateway's state: the store (chosen at boot) and this process's revocation mirror.
@@ -120,6 +115,39 @@ impl State {
         let result = self.store.end_user_sessions(sub).await;
         self.counted("end_user_sessions", result)
     }
+}
+
+/// Opens the store a URL names: `memory:`, `sqlite:PATH` (relative to `config_dir`, the
+/// directory of the config file), or `redis://…`, `rediss://…` (TLS), `redis+sentinel://…`.
+pub async fn open(url: &str, config_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    if url == "memory:" {
+        return Ok(Arc::new(MemoryStore::default()));
+    }
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        if path.is_empty() {
+            return Err(StoreError("sqlite: needs a file: sqlite:PATH".into()));
+        }
+        let path = config_dir.join(path);
+        // Opening reads and may migrate the file: not on an async worker.
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+            .await
+            .map_err(|e| StoreError(format!("opening the sqlite store failed: {e}")))??;
+        return Ok(Arc::new(store));
+    }
+    if ["redis://", "rediss://", "redis+sentinel://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        return Ok(Arc::new(RedisStore::connect(url).await?));
+    }
+    // Only the scheme: the rest may hold a password.
+    let named = match url.split_once(':') {
+        Some((scheme, _)) => format!("`{scheme}:`"),
+        None => format!("`{url}`"),
+    };
+    Err(StoreError(format!(
+        "{named} is not a store: use memory:, sqlite:PATH or redis://…"
+    )))
 }
 
 /// A token bucket: `burst` attempts at once, then one more every `interval`.
