@@ -6,12 +6,14 @@
 //! `store` is the interface, `memory`, `sqlite` and `redis` its backends ([`open`] picks one by
 //! URL); `mirror` is the local copy of the revocations that the request path reads.
 
+pub mod deferred;
 pub mod memory;
 pub mod mirror;
 pub mod redis;
 pub mod sqlite;
 pub mod store;
 
+pub use deferred::Deferred;
 pub use memory::MemoryStore;
 pub use mirror::Mirror;
 pub use redis::RedisStore;
@@ -138,7 +140,22 @@ pub async fn open(url: &str, config_dir: &Path) -> Result<Arc<dyn Store>, StoreE
         .iter()
         .any(|scheme| url.starts_with(scheme))
     {
-        return Ok(Arc::new(RedisStore::connect(url).await?));
+        RedisStore::check_url(url)?;
+        return match RedisStore::connect(url).await {
+            Ok(store) => Ok(Arc::new(store)),
+            // Down at start: start anyway, not ready, and connect as soon as it answers.
+            Err(e) => {
+                tracing::warn!(error = %e, "state store unreachable at start; connecting in the background");
+                let url = url.to_owned();
+                Ok(Deferred::start("redis", move || {
+                    let url = url.clone();
+                    async move {
+                        let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&url).await?);
+                        Ok(store)
+                    }
+                }))
+            }
+        };
     }
     // Only the scheme: the rest may hold a password.
     let named = match url.split_once(':') {

@@ -371,6 +371,11 @@ impl RedisStore {
     /// Connects (and checks the server answers, so a wrong URL or password fails at start),
     /// then subscribes to revocations: once it returns, [`Store::subscribe`] sees every
     /// revocation made from then on (until a lost connection).
+    /// Checks a URL without connecting (a bad URL is a config error, not an outage).
+    pub fn check_url(url: &str) -> Result<(), StoreError> {
+        Target::parse(url).map(|_| ())
+    }
+
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
         let link = Arc::new(Link {
             target: Target::parse(url)?,
