@@ -37,14 +37,20 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system authgate \
     && useradd --system --gid authgate --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin authgate
+       --shell /usr/sbin/nologin authgate \
+    && mkdir -p /var/lib/authgate \
+    && chown authgate:authgate /var/lib/authgate
 
 COPY --from=builder /usr/local/bin/authgate /usr/local/bin/authgate
 COPY gateway.yaml /etc/authgate/gateway.yaml
 
 # The shipped gateway.yaml listens on ${AUTHGATE_LISTEN:-127.0.0.1:8080}: all interfaces here.
+# The state store (revocations, sessions, refresh tokens, login limits) lives on a volume, so
+# it survives a new container; replicas use Redis instead (AUTHGATE_STORE=redis://...).
 ENV AUTHGATE_CONFIG=/etc/authgate/gateway.yaml \
-    AUTHGATE_LISTEN=0.0.0.0:8080
+    AUTHGATE_LISTEN=0.0.0.0:8080 \
+    AUTHGATE_STORE=sqlite:/var/lib/authgate/state.db
+VOLUME ["/var/lib/authgate"]
 
 USER authgate
 EXPOSE 8080

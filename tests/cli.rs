@@ -228,8 +228,12 @@ async fn token_command_signs_tokens_the_gateway_accepts() {
 #[test]
 fn binary_serves_the_shipped_config_out_of_the_box_and_stops_on_sigterm() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    // The shipped store is a SQLite file beside the config; keep the test's out of the tree.
+    let state = tempfile::tempdir().unwrap();
+    let store = format!("sqlite:{}", state.path().join("state.db").display());
     let mut child = authgate()
         .args(["--log-format", "json", "--config", shipped])
+        .env("AUTHGATE_STORE", store)
         .env("AUTHGATE_LISTEN", "127.0.0.1:0")
         .env("AUTHGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())

@@ -356,6 +356,8 @@ fn dockerfile_is_locked_non_root_healthchecked_and_copies_only_what_exists() {
         "STOPSIGNAL SIGTERM",
         r#"ENTRYPOINT ["authgate"]"#,
         r#"CMD ["run"]"#,
+        r#"VOLUME ["/var/lib/authgate"]"#,
+        "AUTHGATE_STORE=sqlite:/var/lib/authgate/state.db",
     ] {
         assert!(instructions.iter().any(|l| l.contains(needle)), "{needle}");
     }
