@@ -3,8 +3,6 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -282,58 +280,6 @@ async fn a_key_removed_by_a_reload_invalidates_its_tokens_cache_included() {
     assert_eq!(up.seen().len(), 2);
 }
 
-/// The real binary, with its stderr (JSON logs) collected by a thread.
-struct Running {
-    child: Child,
-    addr: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-fn start_binary(config: &std::path::Path) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .args([
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "run",
-            "--config",
-        ])
-        .arg(config)
-        .env_remove("AUTHGATE_CONFIG")
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (addr, admin) = loop {
-        let line = lines.next().expect("exited before listening").unwrap();
-        logs.lock().unwrap().push(line.clone());
-        let v: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        if v["message"] == "authgate listening" {
-            break (
-                v["addr"].as_str().unwrap().parse().unwrap(),
-                v["admin"].as_str().unwrap().parse().unwrap(),
-            );
-        }
-    };
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    Running {
-        child,
-        addr,
-        admin,
-        logs,
-    }
-}
-
 fn binary_config(dir: &tempfile::TempDir, upstream: &str, extra: &str) -> std::path::PathBuf {
     let path = dir.path().join("gateway.yaml");
     let text = STANDARD
@@ -345,16 +291,6 @@ fn binary_config(dir: &tempfile::TempDir, upstream: &str, extra: &str) -> std::p
         );
     std::fs::write(&path, format!("{text}{extra}")).unwrap();
     path
-}
-
-fn signal(child: &Child, sig: &str) {
-    assert!(
-        Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 #[tokio::test]

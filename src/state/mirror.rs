@@ -11,7 +11,7 @@ use moka::Expiry;
 use moka::sync::Cache;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::store::{Revocation, Store};
+use super::store::{Revocation, Store, StoreError};
 use crate::clock::unix_now;
 use crate::metrics::StoreMetrics;
 
@@ -20,7 +20,9 @@ const MAX_ENTRIES: u64 = 1_000_000;
 /// How often the whole set is fetched again even when the change feed looks healthy.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// Longest wait between retries while the store is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often the store is pinged, so readiness notices an outage within about this long.
+const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// Keeps an entry until its `until` (seconds since the epoch), plus a second for rounding.
 struct Until;
@@ -165,8 +167,18 @@ impl Mirror {
         }
     }
 
+    /// Marks the store unreachable after a failed ping (readiness reports it at once).
+    fn lost(&self, store: &dyn Store, metrics: &StoreMetrics, e: &StoreError) {
+        metrics.up.set(0);
+        metrics.error("sync");
+        if self.store_up.swap(false, Ordering::AcqRel) {
+            tracing::error!(store = store.kind(), error = %e, "state store unreachable: tokens keep verifying against the last known revocations; login, refresh and logout answer 503");
+        }
+    }
+
     /// Keeps the mirror current until the process ends: subscribe, resync whole, then apply
-    /// changes as they come and resync again on a lost feed and every [`RESYNC_EVERY`].
+    /// changes as they come, ping the store every [`PING_EVERY`], and resync again on a lost
+    /// feed, after an outage and every [`RESYNC_EVERY`].
     pub fn spawn_sync(self: &Arc<Self>, store: Arc<dyn Store>, metrics: Arc<StoreMetrics>) {
         let mirror = self.clone();
         tokio::spawn(async move {
@@ -181,6 +193,8 @@ impl Mirror {
                 backoff = Duration::from_millis(100);
                 let mut resync = tokio::time::interval(RESYNC_EVERY);
                 resync.tick().await;
+                let mut ping = tokio::time::interval(PING_EVERY);
+                ping.tick().await;
                 loop {
                     tokio::select! {
                         change = changes.recv() => match change {
@@ -188,6 +202,12 @@ impl Mirror {
                             // Missed messages or a closed feed: start over with a full sync.
                             Err(RecvError::Lagged(_) | RecvError::Closed) => break,
                         },
+                        _ = ping.tick() => {
+                            if let Err(e) = store.ping().await {
+                                mirror.lost(&*store, &metrics, &e);
+                                break;
+                            }
+                        }
                         _ = resync.tick() => {
                             if !mirror.resync(&*store, &metrics).await {
                                 break;

@@ -18,7 +18,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use authgate::server::{self, ServerHandle};
+
+pub mod binary;
+pub mod redis;
 use authgate::snapshot::Loaded;
+#[allow(unused_imports)]
+pub use binary::{Running, signal, start_binary};
+#[allow(unused_imports)]
+pub use redis::{RedisServer, free_port};
 
 /// The HS256 secret the test configs use (test-only, not a real secret).
 pub const SECRET: &str = "test-only-secret-0123456789abcdef0123456789";
