@@ -342,7 +342,14 @@ async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
     let hash = authgate::login::hash_password(password).unwrap();
     let extra =
         format!("login:\n  users:\n    - {{ username: logme, password_hash: \"{hash}\" }}\n");
-    let mut gw = start_binary(&binary_config(&dir, &up.url(), &extra));
+    let path = binary_config(&dir, &up.url(), &extra);
+    // Refresh tokens too (they must never be logged either), kept in a SQLite store.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "  leeway: 0s\n",
+        "  leeway: 0s\n  refresh: { reuse_grace: 0s }\n",
+    );
+    std::fs::write(&path, format!("state: {{ store: \"sqlite:state.db\" }}\n{text}")).unwrap();
+    let mut gw = start_binary(&path);
     let t = token("alice", json!({}));
     let auth = format!("Bearer {t}");
     let r = send(
@@ -377,6 +384,22 @@ async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
     .await;
     assert_eq!(r.status, 200);
     let issued = r.json()["access_token"].as_str().unwrap().to_owned();
+    let first_refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    let refresh = |token: &str| {
+        let body = json!({ "refresh_token": token }).to_string();
+        send(
+            gw.addr,
+            "POST",
+            "/auth/refresh",
+            &[("content-type", "application/json")],
+            body.into(),
+        )
+    };
+    let r = refresh(&first_refresh).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let second_refresh = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    // Presenting the spent one again: reuse, logged as such (without the token).
+    assert_eq!(refresh(&first_refresh).await.status, 401);
     let wrong = json!({"username": "logme", "password": format!("{password}-wrong")}).to_string();
     send(
         gw.addr,
@@ -413,6 +436,8 @@ async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
             "cookie-secret-value",
             "not.a.jwt",
             SECRET,
+            first_refresh.as_str(),
+            second_refresh.as_str(),
         ] {
             assert!(
                 !line.contains(secret),
@@ -435,7 +460,11 @@ async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
             }
         }
     }
-    assert_eq!(access, 4, "one line per request:\n{}", logs.join("\n"));
+    assert_eq!(access, 6, "one line per request:\n{}", logs.join("\n"));
+    assert!(
+        logs.iter().any(|l| l.contains("a spent refresh token came back")),
+        "reuse is logged"
+    );
     assert!(
         logs.iter()
             .any(|l| l.contains("\"sub\":\"alice\"") && l.contains("\"path\":\"/app/x\""))
