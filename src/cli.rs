@@ -276,11 +276,10 @@ pub fn route_table(rt: &Snapshot) -> String {
         let upstream = rt.upstream(route);
         let target = match &upstream.target {
             Target::Echo => format!("{} (builtin:echo)", upstream.name),
-            Target::Http {
-                authority,
-                base_path,
-                ..
-            } => format!("{} (http://{authority}{base_path})", upstream.name),
+            Target::Servers(servers) => {
+                let list: Vec<&str> = servers.list.iter().map(|s| &*s.label).collect();
+                format!("{} ({})", upstream.name, list.join(" "))
+            }
         };
         let injects = route
             .headers

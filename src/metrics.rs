@@ -142,6 +142,20 @@ impl Bound {
 /// The `route` label of requests no route and no endpoint took.
 pub const UNMATCHED: &str = "(none)";
 
+/// One upstream server's series: requests sent, failures, and whether it is in rotation.
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    pub requests: Counter,
+    pub failures: Counter,
+    pub healthy: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    upstream: String,
+    server: String,
+}
+
 /// The state store's health: `authgate_store_up` and `authgate_store_errors_total`.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
@@ -171,6 +185,9 @@ pub struct Metrics {
     /// Client connections open on the main listener.
     pub open_connections: Gauge,
     pub store: StoreMetrics,
+    server_requests: Family<ServerLabels, Counter>,
+    server_failures: Family<ServerLabels, Counter>,
+    server_healthy: Family<ServerLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -327,6 +344,24 @@ impl Metrics {
             "Client connections open on the main listener (each holds one of server.max_connections)",
         );
         let store = store_metrics(r);
+        let server_requests = Family::<ServerLabels, Counter>::default();
+        r.register(
+            "upstream_server_requests",
+            "Requests sent to an upstream server (connect failures included)",
+            server_requests.clone(),
+        );
+        let server_failures = Family::<ServerLabels, Counter>::default();
+        r.register(
+            "upstream_server_failures",
+            "Requests to an upstream server that failed (connect, reset, timeout)",
+            server_failures.clone(),
+        );
+        let server_healthy = Family::<ServerLabels, Gauge>::default();
+        r.register(
+            "upstream_server_healthy",
+            "1 while an upstream server passes its health check (or has none), else 0",
+            server_healthy.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -339,6 +374,22 @@ impl Metrics {
             config_loaded,
             open_connections,
             store,
+            server_requests,
+            server_failures,
+            server_healthy,
+        }
+    }
+
+    /// The series of one upstream server.
+    pub fn server(&self, upstream: &str, server: &str) -> ServerMetrics {
+        let labels = ServerLabels {
+            upstream: upstream.to_owned(),
+            server: server.to_owned(),
+        };
+        ServerMetrics {
+            requests: self.server_requests.get_or_create(&labels).clone(),
+            failures: self.server_failures.get_or_create(&labels).clone(),
+            healthy: self.server_healthy.get_or_create(&labels).clone(),
         }
     }
 

@@ -33,7 +33,7 @@ pub struct Snapshot {
     /// Metric handles, bound when the snapshot is installed in a gateway.
     pub bound: OnceLock<Bound>,
     pub routes: RouteTable<Route>,
-    pub upstreams: Vec<Upstream>,
+    pub upstreams: Vec<Arc<Upstream>>,
     pub verifier: Verifier,
     pub issuer: Issuer,
     /// Every header name some route injects (stripped from every request).
@@ -208,6 +208,9 @@ fn shadow_warnings(table: &RouteTable<Route>, src: &Source) -> Vec<Diagnostic> {
 fn watched_files(raw: &RawConfig, src: &Source, login: Option<&Login>) -> Vec<PathBuf> {
     let mut files = vec![src.path.clone()];
     files.extend(keys::files(&raw.tokens, src));
+    for up in raw.upstreams.values() {
+        files.extend(upstream::files(up, src));
+    }
     if let Some(l) = login {
         files.extend(l.users_file.iter().cloned());
         files.extend(l.template_file.iter().cloned());
@@ -221,28 +224,40 @@ impl Snapshot {
         let routes: Vec<&str> = self.routes.iter().map(|(_, r)| &*r.name).collect();
         let upstreams: Vec<&str> = self.upstreams.iter().map(|u| &*u.name).collect();
         let _ = self.bound.set(Bound::new(metrics, &routes, &upstreams));
+        for upstream in &self.upstreams {
+            for server in upstream.servers() {
+                let m = metrics.server(&upstream.name, &server.label);
+                m.healthy.set(i64::from(server.healthy()));
+                let _ = server.metrics.set(m);
+            }
+        }
         self.verifier
             .cache()
             .bind_counters(metrics.cache_hits.clone(), metrics.cache_misses.clone());
     }
 
-    /// Starts background work tied to this snapshot (remote JWKS fetching); it stops by itself
-    /// once the snapshot is dropped.
+    /// Starts background work tied to this snapshot (remote JWKS fetching, upstream health
+    /// checks); it stops by itself once the snapshot is dropped.
     pub fn start_background(&self) {
         for provider in self.verifier.providers() {
             provider.spawn_refresher();
         }
-    }
-
-    /// Takes over the connection pools of `previous` for every upstream whose server and
-    /// timeouts did not change, so a reload keeps warm connections.
-    pub fn adopt_pools(&mut self, previous: &Snapshot) {
-        for upstream in &mut self.upstreams {
-            upstream.adopt_pool(&previous.upstreams);
+        for upstream in &self.upstreams {
+            crate::proxy::health::spawn(upstream);
         }
     }
 
-    pub fn upstream(&self, route: &Route) -> &Upstream {
+    /// Keeps `previous`'s upstream wherever this one was built from exactly the same settings,
+    /// so a reload keeps warm connections, ejections and health state.
+    pub fn adopt_pools(&mut self, previous: &Snapshot) {
+        for upstream in &mut self.upstreams {
+            if let Some(same) = previous.upstreams.iter().find(|old| old.same_as(upstream)) {
+                *upstream = same.clone();
+            }
+        }
+    }
+
+    pub fn upstream(&self, route: &Route) -> &Arc<Upstream> {
         &self.upstreams[route.upstream]
     }
 
@@ -298,12 +313,9 @@ mod tests {
         assert!(rt.strip.contains_str("x_user.id"));
         assert!(!rt.strip.contains_str("x-other"));
         assert_eq!(rt.verifier.header_claims().len(), 2);
-        match &rt.upstreams[rt.routes.iter().next().unwrap().1.upstream].target {
-            crate::proxy::upstream::Target::Http { base_path, .. } => {
-                assert_eq!(base_path, "/base")
-            }
-            crate::proxy::upstream::Target::Echo => panic!("wrong upstream"),
-        }
+        let upstream = &rt.upstreams[rt.routes.iter().next().unwrap().1.upstream];
+        assert_eq!(upstream.base_path(), "/base");
+        assert_eq!(&*upstream.servers()[0].label, "http://127.0.0.1:9000/base");
     }
 
     #[test]

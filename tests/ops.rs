@@ -348,7 +348,11 @@ async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
         "  leeway: 0s\n",
         "  leeway: 0s\n  refresh: { reuse_grace: 0s }\n",
     );
-    std::fs::write(&path, format!("state: {{ store: \"sqlite:state.db\" }}\n{text}")).unwrap();
+    std::fs::write(
+        &path,
+        format!("state: {{ store: \"sqlite:state.db\" }}\n{text}"),
+    )
+    .unwrap();
     let mut gw = start_binary(&path);
     let t = token("alice", json!({}));
     let auth = format!("Bearer {t}");
@@ -462,7 +466,8 @@ async fn json_logs_parse_line_by_line_and_never_contain_secrets() {
     }
     assert_eq!(access, 6, "one line per request:\n{}", logs.join("\n"));
     assert!(
-        logs.iter().any(|l| l.contains("a spent refresh token came back")),
+        logs.iter()
+            .any(|l| l.contains("a spent refresh token came back")),
         "reuse is logged"
     );
     assert!(

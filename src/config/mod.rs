@@ -446,32 +446,126 @@ impl Default for RawCache {
     }
 }
 
-/// An upstream: a base URL, optionally with timeouts.
+/// An upstream: one server or several, how to reach them, and when to stop sending to one.
 #[derive(Debug)]
 pub struct RawUpstream {
-    /// `http://host:port[/base/path]`, or `builtin:echo` for the demo echo upstream.
-    pub url: Text,
-    /// Time allowed to open a TCP connection (unreachable → 502).
+    /// Each server's base URL: `http[s]://host:port[/base/path]`, or `builtin:echo`.
+    pub servers: Vec<Text>,
+    /// `round_robin` (default) or `least_conn`.
+    pub balance: Balance,
+    /// https: trust only these roots (PEM) instead of the system's.
+    pub ca_file: Option<Text>,
+    /// https: present this client certificate (PEM chain) ...
+    pub client_cert_file: Option<Text>,
+    /// ... with this key.
+    pub client_key_file: Option<Text>,
+    /// https: the name sent in SNI and that the certificate must carry (default: each
+    /// server's host).
+    pub server_name: Option<Text>,
+    /// Active health checks (optional).
+    pub health_check: Option<RawHealthCheck>,
+    /// How long a server that refused a connection (or reset it before answering) gets no
+    /// traffic. Default 10s.
+    pub eject_for: DurationValue,
+    /// Time allowed to open a connection, TLS handshake included (unreachable → 502).
     pub connect_timeout: DurationValue,
     /// Time allowed for the response headers to arrive (too slow → 504).
     pub timeout: DurationValue,
 }
 
+/// How requests are spread over an upstream's servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each healthy server in turn.
+    #[default]
+    RoundRobin,
+    /// The healthy server with the fewest requests in progress.
+    LeastConn,
+}
+
+/// `health_check:` — a GET every `interval`; a server is out after `unhealthy_after`
+/// failures in a row and back after `healthy_after` successes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path asked (2xx and 3xx are healthy).
+    pub path: Text,
+    #[serde(default = "default_health_interval")]
+    pub interval: DurationValue,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: DurationValue,
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+fn default_health_interval() -> DurationValue {
+    DurationValue(Duration::from_secs(5))
+}
+fn default_health_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(2))
+}
+fn default_unhealthy_after() -> u32 {
+    2
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstreamLong {
-    url: Text,
+    #[serde(default)]
+    url: Option<Text>,
+    #[serde(default)]
+    servers: Option<Vec<Text>>,
+    #[serde(default)]
+    balance: Balance,
+    #[serde(default)]
+    ca_file: Option<Text>,
+    #[serde(default)]
+    client_cert_file: Option<Text>,
+    #[serde(default)]
+    client_key_file: Option<Text>,
+    #[serde(default)]
+    server_name: Option<Text>,
+    #[serde(default)]
+    health_check: Option<RawHealthCheck>,
+    #[serde(default = "default_eject_for")]
+    eject_for: DurationValue,
     #[serde(default = "default_connect_timeout")]
     connect_timeout: DurationValue,
     #[serde(default = "default_upstream_timeout")]
     timeout: DurationValue,
 }
 
+fn default_eject_for() -> DurationValue {
+    DurationValue(Duration::from_secs(10))
+}
 fn default_connect_timeout() -> DurationValue {
     DurationValue(Duration::from_secs(5))
 }
 fn default_upstream_timeout() -> DurationValue {
     DurationValue(Duration::from_secs(30))
+}
+
+impl RawUpstream {
+    fn one(url: Text) -> RawUpstream {
+        RawUpstream {
+            servers: vec![url],
+            balance: Balance::RoundRobin,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            server_name: None,
+            health_check: None,
+            eject_for: default_eject_for(),
+            connect_timeout: default_connect_timeout(),
+            timeout: default_upstream_timeout(),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RawUpstream {
@@ -480,20 +574,32 @@ impl<'de> Deserialize<'de> for RawUpstream {
         impl<'de> Visitor<'de> for V {
             type Value = RawUpstream;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a URL string or a mapping with `url`")
+                f.write_str("a URL string or a mapping with `url` or `servers`")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<RawUpstream, E> {
-                Ok(RawUpstream {
-                    url: Text::expand(v)?,
-                    connect_timeout: default_connect_timeout(),
-                    timeout: default_upstream_timeout(),
-                })
+                Ok(RawUpstream::one(Text::expand(v)?))
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawUpstream, A::Error> {
                 let long =
                     RawUpstreamLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let servers = match (long.url, long.servers) {
+                    (Some(url), None) => vec![url],
+                    (None, Some(list)) if !list.is_empty() => list,
+                    (None, Some(_)) => return Err(de::Error::custom("`servers` is empty")),
+                    (Some(_), Some(_)) => {
+                        return Err(de::Error::custom("give `url` or `servers`, not both"));
+                    }
+                    (None, None) => return Err(de::Error::custom("missing `url` or `servers`")),
+                };
                 Ok(RawUpstream {
-                    url: long.url,
+                    servers,
+                    balance: long.balance,
+                    ca_file: long.ca_file,
+                    client_cert_file: long.client_cert_file,
+                    client_key_file: long.client_key_file,
+                    server_name: long.server_name,
+                    health_check: long.health_check,
+                    eject_for: long.eject_for,
                     connect_timeout: long.connect_timeout,
                     timeout: long.timeout,
                 })
@@ -901,6 +1007,7 @@ mod tests {
         assert_eq!(raw.routes[0].auth, AuthMode::Required);
         assert_eq!(raw.cache.max_entries, 100_000);
         assert_eq!(raw.upstreams["a"].timeout.0, Duration::from_secs(30));
+        assert_eq!(raw.upstreams["a"].servers.len(), 1);
     }
 
     #[test]

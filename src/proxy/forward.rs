@@ -130,39 +130,24 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     let (body, watch) = request_body(route, &parts, body)?;
     let mut upstream_req = Request::from_parts(parts, body);
-    let resp = match &upstream.target {
-        Target::Echo => {
-            *upstream_req.uri_mut() = Uri::from(path_and_query);
-            return Ok(echo::respond(&upstream_req));
-        }
-        Target::Http {
-            scheme,
-            authority,
-            client,
-            ..
-        } => {
-            *upstream_req.uri_mut() = Uri::builder()
-                .scheme(scheme.clone())
-                .authority(authority.clone())
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
-            let sent = Instant::now();
-            let result = client.send(upstream_req).await;
-            if let Some(bound) = snap.bound.get() {
-                bound.upstreams[route.upstream].observe(sent.elapsed());
-            }
-            blame(result, &watch)?
-        }
-    };
+    if let Target::Echo = upstream.target {
+        *upstream_req.uri_mut() = Uri::from(path_and_query);
+        return Ok(echo::respond(&upstream_req));
+    }
+    let sent = Instant::now();
+    let result = upstream.send(upstream_req, path_and_query, f.host).await;
+    if let Some(bound) = snap.bound.get() {
+        bound.upstreams[route.upstream].observe(sent.elapsed());
+    }
+    let resp = blame(result, &watch)?;
     answer(resp, client_upgrade, f.tunnels)
 }
 
 /// An upstream failure is the client's when its body broke or passed the limit.
 fn blame(
-    result: Result<Response<Incoming>, GatewayError>,
+    result: Result<Response<Body>, GatewayError>,
     watch: &BodyWatch,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<Body>, GatewayError> {
     if result.is_err() {
         match watch.state() {
             BodyState::OverLimit => return Err(GatewayError::PayloadTooLarge),
@@ -180,13 +165,13 @@ fn blame(
 /// The upstream's answer for the client: hop-by-hop headers removed, and a 101 honoured only
 /// as the WebSocket handshake the client asked for.
 fn answer(
-    mut resp: Response<Incoming>,
+    mut resp: Response<Body>,
     client_upgrade: Option<(OnUpgrade, Handshake)>,
     tunnels: &TaskTracker,
 ) -> Result<Response<Body>, GatewayError> {
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         remove_hop_by_hop(resp.headers_mut());
-        return Ok(resp.map(stream));
+        return Ok(resp);
     }
     match client_upgrade {
         Some((client, handshake)) if handshake.accepted_by(resp.headers()) => {
@@ -194,7 +179,7 @@ fn answer(
             upgrade::restore_upgrade_headers(resp.headers_mut());
             let upstream_io = hyper::upgrade::on(&mut resp);
             tunnels.spawn(upgrade::tunnel(client, upstream_io));
-            Ok(resp.map(stream))
+            Ok(resp)
         }
         // A 101 the client never asked for, or that is not the WebSocket handshake it asked
         // for, cannot be honoured: a raw tunnel would bypass every rule.
