@@ -16,6 +16,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::endpoints::Endpoint;
+use crate::state::StoreMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -156,21 +157,6 @@ struct ServerLabels {
     server: String,
 }
 
-/// The state store's health: `authgate_store_up` and `authgate_store_errors_total`.
-#[derive(Debug, Clone)]
-pub struct StoreMetrics {
-    pub up: Gauge,
-    errors: HashMap<&'static str, Counter>,
-}
-
-impl StoreMetrics {
-    pub fn error(&self, operation: &str) {
-        if let Some(c) = self.errors.get(operation) {
-            c.inc();
-        }
-    }
-}
-
 /// Every series the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -185,9 +171,42 @@ pub struct Metrics {
     /// Client connections open on the main listener.
     pub open_connections: Gauge,
     pub store: StoreMetrics,
-    server_requests: Family<ServerLabels, Counter>,
-    server_failures: Family<ServerLabels, Counter>,
-    server_healthy: Family<ServerLabels, Gauge>,
+    servers: ServerFamilies,
+}
+
+/// The per-server series of upstream pools.
+struct ServerFamilies {
+    requests: Family<ServerLabels, Counter>,
+    failures: Family<ServerLabels, Counter>,
+    healthy: Family<ServerLabels, Gauge>,
+}
+
+impl ServerFamilies {
+    fn register(r: &mut Registry) -> ServerFamilies {
+        let requests = Family::<ServerLabels, Counter>::default();
+        r.register(
+            "upstream_server_requests",
+            "Requests sent to an upstream server (connect failures included)",
+            requests.clone(),
+        );
+        let failures = Family::<ServerLabels, Counter>::default();
+        r.register(
+            "upstream_server_failures",
+            "Requests to an upstream server that failed (connect, reset, timeout)",
+            failures.clone(),
+        );
+        let healthy = Family::<ServerLabels, Gauge>::default();
+        r.register(
+            "upstream_server_healthy",
+            "1 while an upstream server passes its health check (or has none), else 0",
+            healthy.clone(),
+        );
+        ServerFamilies {
+            requests,
+            failures,
+            healthy,
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -264,7 +283,7 @@ fn store_metrics(r: &mut Registry) -> StoreMetrics {
             (*op, family.get_or_create(&labels).clone())
         })
         .collect();
-    StoreMetrics { up, errors }
+    StoreMetrics::new(up, errors)
 }
 
 fn reason(r: &str) -> ReasonLabels {
@@ -344,24 +363,7 @@ impl Metrics {
             "Client connections open on the main listener (each holds one of server.max_connections)",
         );
         let store = store_metrics(r);
-        let server_requests = Family::<ServerLabels, Counter>::default();
-        r.register(
-            "upstream_server_requests",
-            "Requests sent to an upstream server (connect failures included)",
-            server_requests.clone(),
-        );
-        let server_failures = Family::<ServerLabels, Counter>::default();
-        r.register(
-            "upstream_server_failures",
-            "Requests to an upstream server that failed (connect, reset, timeout)",
-            server_failures.clone(),
-        );
-        let server_healthy = Family::<ServerLabels, Gauge>::default();
-        r.register(
-            "upstream_server_healthy",
-            "1 while an upstream server passes its health check (or has none), else 0",
-            server_healthy.clone(),
-        );
+        let servers = ServerFamilies::register(r);
         Metrics {
             registry,
             requests,
@@ -374,9 +376,7 @@ impl Metrics {
             config_loaded,
             open_connections,
             store,
-            server_requests,
-            server_failures,
-            server_healthy,
+            servers,
         }
     }
 
@@ -387,9 +387,9 @@ impl Metrics {
             server: server.to_owned(),
         };
         ServerMetrics {
-            requests: self.server_requests.get_or_create(&labels).clone(),
-            failures: self.server_failures.get_or_create(&labels).clone(),
-            healthy: self.server_healthy.get_or_create(&labels).clone(),
+            requests: self.servers.requests.get_or_create(&labels).clone(),
+            failures: self.servers.failures.get_or_create(&labels).clone(),
+            healthy: self.servers.healthy.get_or_create(&labels).clone(),
         }
     }
 

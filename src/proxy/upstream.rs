@@ -421,33 +421,7 @@ fn compile_servers(raw: &RawUpstream, at: &KeyPath, diags: &mut Diagnostics) -> 
         );
         return None;
     }
-    let tls = if https {
-        match UpstreamTls::new(&tls_settings(raw, diags.source())) {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                diags.at(at, e);
-                return None;
-            }
-        }
-    } else {
-        for field in [
-            "ca_file",
-            "client_cert_file",
-            "client_key_file",
-            "server_name",
-        ] {
-            let set = match field {
-                "ca_file" => raw.ca_file.is_some(),
-                "client_cert_file" => raw.client_cert_file.is_some(),
-                "client_key_file" => raw.client_key_file.is_some(),
-                _ => raw.server_name.is_some(),
-            };
-            if set {
-                diags.at(&at.key(field), "TLS settings need https:// servers");
-            }
-        }
-        None
-    };
+    let tls = compile_tls(raw, https, at, diags)?;
     if let Some(h) = &raw.health_check {
         check_health_settings(h, &at.key("health_check"), diags);
     }
@@ -479,6 +453,34 @@ fn compile_servers(raw: &RawUpstream, at: &KeyPath, diags: &mut Diagnostics) -> 
         eject_for: raw.eject_for.0,
         health_check: raw.health_check.clone(),
     })
+}
+
+/// The rustls client of an `https://` upstream (`Some(None)` for plain http; `None` on error).
+fn compile_tls(
+    raw: &RawUpstream,
+    https: bool,
+    at: &KeyPath,
+    diags: &mut Diagnostics,
+) -> Option<Option<UpstreamTls>> {
+    if https {
+        return match UpstreamTls::new(&tls_settings(raw, diags.source())) {
+            Ok(tls) => Some(Some(tls)),
+            Err(e) => {
+                diags.at(at, e);
+                None
+            }
+        };
+    }
+    let set = [
+        ("ca_file", raw.ca_file.is_some()),
+        ("client_cert_file", raw.client_cert_file.is_some()),
+        ("client_key_file", raw.client_key_file.is_some()),
+        ("server_name", raw.server_name.is_some()),
+    ];
+    for (field, _) in set.iter().filter(|(_, set)| *set) {
+        diags.at(&at.key(field), "TLS settings need https:// servers");
+    }
+    Some(None)
 }
 
 fn check_health_settings(h: &RawHealthCheck, at: &KeyPath, diags: &mut Diagnostics) {

@@ -11,9 +11,9 @@ use moka::Expiry;
 use moka::sync::Cache;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::StoreMetrics;
 use super::store::{Revocation, Store, StoreError};
 use crate::clock::unix_now;
-use crate::metrics::StoreMetrics;
 
 /// Most revocations mirrored; beyond it the least recently used go first.
 const MAX_ENTRIES: u64 = 1_000_000;

@@ -20,7 +20,10 @@ pub use redis::RedisStore;
 pub use sqlite::SqliteStore;
 pub use store::{Revocation, Store, StoreError};
 
-use crate::metrics::StoreMetrics;
+use std::collections::HashMap;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,6 +45,25 @@ pub struct State {
     pub store: Arc<dyn Store>,
     pub mirror: Arc<Mirror>,
     metrics: Arc<StoreMetrics>,
+}
+
+/// The state store's health: `authgate_store_up` and `authgate_store_errors_total`.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    pub up: Gauge,
+    errors: HashMap<&'static str, Counter>,
+}
+
+impl StoreMetrics {
+    pub fn new(up: Gauge, errors: HashMap<&'static str, Counter>) -> StoreMetrics {
+        StoreMetrics { up, errors }
+    }
+
+    pub fn error(&self, operation: &str) {
+        if let Some(c) = self.errors.get(operation) {
+            c.inc();
+        }
+    }
 }
 
 /// Store operations as counted in `authgate_store_errors_total{operation}`.
