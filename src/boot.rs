@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::config::{Diagnostics, KeyPath, RawConfig};
+use std::time::SystemTime;
+
+use crate::config::{Diagnostics, KeyPath, PlainHttp, RawConfig};
+use crate::tls::ServerTlsFiles;
 
 /// Settings that take effect only at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,57 @@ pub struct Boot {
     pub store_configured: bool,
     /// The config file's directory (`sqlite:PATH` is relative to it).
     pub config_dir: PathBuf,
+    /// HTTPS on the main listener.
+    pub tls: Option<TlsListener>,
+}
+
+/// `server.tls`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub files: ServerTlsFiles,
+    /// A plain-HTTP listener beside the HTTPS one, and what it does.
+    pub http_listen: Option<SocketAddr>,
+    pub http: PlainHttp,
+}
+
+impl TlsListener {
+    fn compile(raw: &RawConfig, diags: &mut Diagnostics) -> Option<Option<TlsListener>> {
+        let Some(tls) = &raw.server.tls else {
+            return Some(None);
+        };
+        let at = KeyPath::root().key("server").key("tls");
+        let src = diags.source();
+        let files = ServerTlsFiles {
+            cert_file: src.resolve(tls.cert_file.as_str()),
+            key_file: src.resolve(tls.key_file.as_str()),
+            client_ca_file: tls.client_ca_file.as_ref().map(|f| src.resolve(f.as_str())),
+        };
+        match crate::tls::check_server_files(&files, SystemTime::now()) {
+            Ok(warnings) => {
+                for w in warnings {
+                    diags.warn(&at.key("cert_file"), w);
+                }
+            }
+            Err(e) => {
+                diags.at(&at.key("cert_file"), e);
+                return None;
+            }
+        }
+        let http_listen = match &tls.http_listen {
+            None => None,
+            Some(text) => Some(address(
+                text.as_str(),
+                &at.key("http_listen"),
+                "0.0.0.0:8080",
+                diags,
+            )?),
+        };
+        Some(Some(TlsListener {
+            files,
+            http_listen,
+            http: tls.http,
+        }))
+    }
 }
 
 /// Limits of the main listener that a reload may change (new connections get them).
@@ -77,7 +131,9 @@ impl Boot {
                 format!("`{store}` is not a store: use memory:, sqlite:PATH, redis://, rediss:// or redis+sentinel://"),
             );
         }
+        let tls = TlsListener::compile(raw, diags);
         Some(Boot {
+            tls: tls?,
             listen: listen?,
             admin_listen: admin_listen?,
             max_connections: usize::try_from(raw.server.max_connections).unwrap_or(usize::MAX),

@@ -38,6 +38,8 @@ pub struct Gateway {
     state: State,
     /// Upgraded (WebSocket) connections, so shutdown can wait for them.
     tunnels: TaskTracker,
+    /// The HTTPS listener's certificate, reloaded with the config files.
+    tls: std::sync::OnceLock<Arc<crate::tls::ServerTls>>,
 }
 
 /// Which part of the gateway answered.
@@ -130,12 +132,23 @@ impl Gateway {
             metrics,
             state,
             tunnels: TaskTracker::new(),
+            tls: std::sync::OnceLock::new(),
         })
     }
 
     /// Upgraded connections still open (shutdown waits for them, up to the grace period).
     pub fn tunnels(&self) -> &TaskTracker {
         &self.tunnels
+    }
+
+    /// Records the HTTPS listener's certificate holder (once, at start).
+    pub fn set_tls(&self, tls: Arc<crate::tls::ServerTls>) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// The HTTPS listener's certificate holder, when there is one.
+    pub fn tls(&self) -> Option<&Arc<crate::tls::ServerTls>> {
+        self.tls.get()
     }
 
     /// The settings it started with.

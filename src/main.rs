@@ -96,10 +96,8 @@ fn token(cli: &Cli, sub: &str, claims: &[String], ttl: Option<&str>) -> anyhow::
     Ok(())
 }
 
-/// The configured state store (a `memory:` one says loudly what that means).
-async fn open_store(
-    boot: &authgate::boot::Boot,
-) -> anyhow::Result<std::sync::Arc<dyn authgate::state::Store>> {
+/// A `memory:` store says loudly what that means.
+fn warn_about_store(boot: &authgate::boot::Boot) {
     if !boot.store_configured {
         tracing::warn!(
             "no `state:` section: revocations, sessions and login limits live in this process's memory and are lost on restart, and replicas do not share them. Set `state.store` (e.g. sqlite:authgate-state.db or redis://...)"
@@ -109,9 +107,6 @@ async fn open_store(
             "state.store is `memory:`: revocations, sessions and login limits are lost on restart and not shared by replicas"
         );
     }
-    authgate::state::open(&boot.store, &boot.config_dir)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open the state store `{}`: {e}", boot.store))
 }
 
 fn revoke(
@@ -167,28 +162,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     tokio.block_on(async {
-        let listen = loaded.boot.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let admin_listen = loaded.boot.admin_listen;
-        let admin_listener = tokio::net::TcpListener::bind(admin_listen)
-            .await
-            .with_context(|| format!("cannot listen on {admin_listen} (admin.listen)"))?;
-        let addr = listener.local_addr()?;
-        let admin_addr = admin_listener.local_addr()?;
         let routes = loaded.snapshot.routes.len();
-        let store = open_store(&loaded.boot).await?;
-        let gateway = authgate::gateway::Gateway::with_store(loaded, store);
-        tokio::spawn(authgate::admin::serve(gateway.clone(), admin_listener));
+        warn_about_store(&loaded.boot);
         // Signal handlers first: once "listening" is logged, SIGTERM and SIGHUP are handled.
         let shutdown = server::shutdown_signal();
+        let handle = server::spawn(loaded, None).await?;
+        let gateway = handle.gateway.clone();
         server::reload_on_sighup(gateway.clone(), cli.config.clone());
-        if let Err(e) = server::watch_files(gateway.clone(), cli.config.clone()) {
+        if let Err(e) = server::watch_files(gateway, cli.config.clone()) {
             tracing::warn!("{e}; reload with SIGHUP");
         }
-        tracing::info!(%addr, admin = %admin_addr, config = %cli.config.display(), routes, "authgate listening");
-        server::serve(gateway, listener, shutdown).await;
+        let (addr, admin) = (handle.addr, handle.admin_addr);
+        let http = handle
+            .http_addr
+            .map_or_else(|| "-".to_owned(), |a| a.to_string());
+        tracing::info!(%addr, %admin, http, config = %cli.config.display(), routes, "authgate listening");
+        shutdown.await;
+        handle.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     })

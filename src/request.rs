@@ -5,6 +5,9 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
 
 use http::header::{HOST, HeaderMap, HeaderValue};
 use http::uri::Uri;
@@ -39,6 +42,9 @@ pub struct Conn {
     pub local: SocketAddr,
     pub scheme: Scheme,
     pub memo: ConnectionMemo,
+    /// The verified client certificate's identity (mutual TLS), as the claims routes read
+    /// under `tls.client`: `{"tls": {"client": {"subject", "cn", "dns", ...}}}`.
+    pub client: Option<Arc<Map<String, Value>>>,
 }
 
 impl Conn {
@@ -48,7 +54,21 @@ impl Conn {
             local,
             scheme,
             memo: ConnectionMemo::default(),
+            client: None,
         }
+    }
+
+    /// With a client certificate's claims (`ClientIdentity::as_claims`), nested under
+    /// `tls.client` so a route can never confuse them with a token's claims.
+    pub fn with_client(mut self, identity: Option<Arc<Map<String, Value>>>) -> Conn {
+        self.client = identity.map(|claims| {
+            let mut tls = Map::new();
+            tls.insert("client".into(), Value::Object((*claims).clone()));
+            let mut root = Map::new();
+            root.insert("tls".into(), Value::Object(tls));
+            Arc::new(root)
+        });
+        self
     }
 }
 

@@ -161,7 +161,8 @@ fn compile(raw: &RawConfig, diags: &mut Diagnostics) -> Option<Snapshot> {
     let has_jwks = tokens.as_ref().is_some_and(|t| t.jwks.is_some());
     let refresh = raw.tokens.refresh.is_some();
     let endpoints = compile_endpoints(login.as_ref(), refresh, has_jwks, diags);
-    let warnings = shadow_warnings(&compiled.table, diags.source());
+    let mut warnings = shadow_warnings(&compiled.table, diags.source());
+    warnings.extend(diags.take_warnings());
     let files = watched_files(raw, diags.source(), login.as_ref());
     if raw.login.is_some() && login.is_none() {
         return None;
@@ -210,6 +211,14 @@ fn watched_files(raw: &RawConfig, src: &Source, login: Option<&Login>) -> Vec<Pa
     files.extend(keys::files(&raw.tokens, src));
     for up in raw.upstreams.values() {
         files.extend(upstream::files(up, src));
+    }
+    if let Some(tls) = &raw.server.tls {
+        let named = [
+            Some(&tls.cert_file),
+            Some(&tls.key_file),
+            tls.client_ca_file.as_ref(),
+        ];
+        files.extend(named.into_iter().flatten().map(|f| src.resolve(f.as_str())));
     }
     if let Some(l) = login {
         files.extend(l.users_file.iter().cloned());

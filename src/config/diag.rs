@@ -9,6 +9,7 @@ use super::{ConfigError, Diagnostic, KeyPath, Source};
 pub struct Diagnostics<'a> {
     source: &'a Source,
     found: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl<'a> Diagnostics<'a> {
@@ -16,6 +17,7 @@ impl<'a> Diagnostics<'a> {
         Diagnostics {
             source,
             found: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -27,6 +29,17 @@ impl<'a> Diagnostics<'a> {
     /// A problem at `path` in the config file.
     pub fn at(&mut self, path: &KeyPath, message: impl fmt::Display) {
         self.found.push(self.source.diagnostic(path, message));
+    }
+
+    /// Something that works but deserves attention (a certificate close to expiry).
+    pub fn warn(&mut self, path: &KeyPath, message: impl fmt::Display) {
+        let message = format!("warning: {message}");
+        self.warnings.push(self.source.diagnostic(path, message));
+    }
+
+    /// The warnings so far (taken: they go into the compiled config).
+    pub fn take_warnings(&mut self) -> Vec<Diagnostic> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// A problem located in another file (a users file), already placed.

@@ -109,6 +109,40 @@ pub struct RawServer {
     /// PATCH, e.g. WebDAV's `PROPFIND`. Any other method is answered 501 before routing.
     #[serde(default)]
     pub extra_methods: Vec<Text>,
+    /// HTTPS on the main listener (`listen`). Takes effect on restart, except the certificate
+    /// and key, which are reloaded when their files change.
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// `server.tls:` — the main listener speaks HTTPS (TLS 1.2+, ALPN h2 and http/1.1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Text,
+    /// PEM private key (RSA, ECDSA or Ed25519) of the leaf.
+    pub key_file: Text,
+    /// Require client certificates issued by these CAs (mutual TLS); their identity is
+    /// available to routes as `tls.client.*`.
+    #[serde(default)]
+    pub client_ca_file: Option<Text>,
+    /// A plain-HTTP listener beside the HTTPS one (e.g. `0.0.0.0:8080`).
+    #[serde(default)]
+    pub http_listen: Option<Text>,
+    /// What the plain-HTTP listener does: `redirect` (308 to https://, the default) or `serve`
+    /// (the same routes over plain HTTP).
+    #[serde(default)]
+    pub http: PlainHttp,
+}
+
+/// What a plain-HTTP listener beside an HTTPS one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PlainHttp {
+    #[default]
+    Redirect,
+    Serve,
 }
 
 fn default_max_body_bytes() -> u64 {
@@ -137,6 +171,7 @@ impl Default for RawServer {
             shutdown_grace: default_shutdown_grace(),
             max_body_bytes: default_max_body_bytes(),
             extra_methods: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -22,9 +22,17 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use std::future::Future;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::Listening;
 use crate::boot::ServerSettings;
 use crate::gateway::Gateway;
+use crate::proxy::Body;
 use crate::request::{Conn, Scheme};
+use crate::tls::ClientIdentity;
 
 /// How long a connection told to close gets to finish before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -84,18 +92,86 @@ impl Drop for InFlight {
     }
 }
 
-/// Serves `stream` until the client closes it, it idles out, or `stop` is cancelled (then it
-/// is closed gracefully: in-flight requests finish, HTTP/2 clients get a GOAWAY).
+/// Serves one accepted connection as `listening` says: the TLS handshake first on an HTTPS
+/// listener (bounded by `header_read_timeout`, like the first request head), then HTTP until
+/// the client closes it, it idles out, or `stop` is cancelled.
 pub async fn serve(
     gateway: Arc<Gateway>,
     stream: TcpStream,
     peer: SocketAddr,
+    listening: Listening,
     settings: ServerSettings,
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(peer);
-    let conn = Arc::new(Conn::new(peer, local, Scheme::Http));
+    match listening {
+        Listening::Plain => {
+            let conn = Arc::new(Conn::new(peer, local, Scheme::Http));
+            let service = gateway_service(gateway, conn);
+            serve_http(stream, service, peer, settings, stop).await
+        }
+        Listening::Redirect { https_port } => {
+            let service = service_fn(move |req| {
+                let resp = super::redirect::to_https(&req, https_port);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            serve_http(stream, service, peer, settings, stop).await
+        }
+        Listening::Tls(tls) => {
+            let handshake = tls.acceptor().accept(stream);
+            let stream = match tokio::time::timeout(settings.header_read_timeout, handshake).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let client = ClientIdentity::of(stream.get_ref().1).map(|id| Arc::new(id.as_claims()));
+            let conn = Arc::new(Conn::new(peer, local, Scheme::Https).with_client(client));
+            let service = gateway_service(gateway, conn);
+            serve_http(stream, service, peer, settings, stop).await
+        }
+    }
+}
+
+/// The gateway as a hyper service for one connection.
+fn gateway_service(
+    gateway: Arc<Gateway>,
+    conn: Arc<Conn>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
++ Send {
+    service_fn(move |req| {
+        let gw = gateway.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req, &conn).await) }
+    })
+}
+
+/// HTTP on one connection under the idle watchdog.
+async fn serve_http<I, S>(
+    io: I,
+    service: S,
+    peer: SocketAddr,
+    settings: ServerSettings,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let activity = Arc::new(Activity {
         accepted: Instant::now(),
         in_flight: AtomicU32::new(0),
@@ -103,17 +179,16 @@ pub async fn serve(
     });
     let tracked = activity.clone();
     let service = service_fn(move |req| {
-        let gw = gateway.clone();
-        let conn = conn.clone();
         let guard = InFlight::start(&tracked);
+        let call = service.call(req);
         async move {
-            let resp = gw.handle(req, &conn).await;
+            let resp = call.await;
             drop(guard);
-            Ok::<_, Infallible>(resp)
+            resp
         }
     });
     let builder = builder(&settings);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let idle = settings.header_read_timeout;
     let idled_out = loop {

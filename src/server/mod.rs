@@ -1,6 +1,7 @@
 //! Listeners and connection serving (hyper-util's auto builder: HTTP/1.1 and HTTP/2 with
-//! keep-alive), bounded by the `server:` limits; graceful shutdown within a grace period;
-//! reload on file change and on SIGHUP.
+//! keep-alive; TLS with rustls on an HTTPS listener), bounded by the `server:` limits; a
+//! plain-HTTP listener beside an HTTPS one that redirects or serves; graceful shutdown within
+//! a grace period; reload on file change and on SIGHUP.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,24 +9,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::PlainHttp;
 use crate::gateway::Gateway;
 use crate::snapshot::Loaded;
+use crate::tls::ServerTls;
 
 mod connection;
+mod redirect;
 mod reload;
 
 pub use reload::{reload, reload_on_sighup, watch_files};
+
+/// How a listener's connections are served.
+#[derive(Clone)]
+pub enum Listening {
+    /// Plain HTTP.
+    Plain,
+    /// HTTPS: a TLS handshake first (bounded by `header_read_timeout`), then HTTP.
+    Tls(Arc<ServerTls>),
+    /// Plain HTTP that answers every request with a redirect to the HTTPS listener's port.
+    Redirect { https_port: u16 },
+}
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and gives in-flight
 /// requests up to `server.shutdown_grace` to finish.
 pub async fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
+    listening: Listening,
     shutdown: impl Future<Output = ()>,
 ) {
     let connections = TaskTracker::new();
@@ -57,7 +73,14 @@ pub async fn serve(
         let settings = gateway.snapshot().server;
         let open = gateway.metrics().open_connections.clone();
         open.inc();
-        let served = connection::serve(gateway.clone(), stream, peer, settings, stop.clone());
+        let served = connection::serve(
+            gateway.clone(),
+            stream,
+            peer,
+            listening.clone(),
+            settings,
+            stop.clone(),
+        );
         connections.spawn(async move {
             served.await;
             open.dec();
@@ -80,62 +103,114 @@ pub async fn serve(
     }
 }
 
-/// A gateway serving in the background (tests use this; `run` is the same underneath).
+/// A running gateway: its listeners' addresses, and a way to stop it.
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// The plain-HTTP listener beside an HTTPS one (`server.tls.http_listen`).
+    pub http_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
     admin: JoinHandle<()>,
 }
 
 impl ServerHandle {
     /// Stops accepting, waits for in-flight requests (up to the grace period).
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        self.stop.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
         }
-        let _ = (&mut self.task).await;
     }
 }
 
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.admin.abort();
-        if self.stop.is_some() {
-            self.task.abort();
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
 
-/// Binds the gateway and its admin listener and serves both in the background. `listen`
-/// overrides the config's `listen` (tests pass `127.0.0.1:0`; the admin listener then also
-/// takes an ephemeral loopback port).
+async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
+    })
+}
+
+/// Binds every listener the config asks for (the main one, a plain-HTTP one beside HTTPS, the
+/// admin one), opens the state store, and serves in the background. `listen` overrides every
+/// listener's address (tests pass `127.0.0.1:0`: each gets its own ephemeral port).
 pub async fn spawn(loaded: Loaded, listen: Option<SocketAddr>) -> std::io::Result<ServerHandle> {
-    let admin_listen = match listen {
-        Some(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
-        None => loaded.boot.admin_listen,
+    let boot = loaded.boot.clone();
+    let pick = |configured: SocketAddr| listen.unwrap_or(configured);
+    let listener = bind(pick(boot.listen), "listen").await?;
+    let admin_listener = bind(pick(boot.admin_listen), "admin.listen").await?;
+    let tls = match &boot.tls {
+        None => None,
+        Some(t) => Some(Arc::new(
+            ServerTls::load(&t.files).map_err(|e| std::io::Error::other(e.to_string()))?,
+        )),
     };
-    let listener = TcpListener::bind(listen.unwrap_or(loaded.boot.listen)).await?;
-    let admin_listener = TcpListener::bind(admin_listen).await?;
+    let plain = match boot
+        .tls
+        .as_ref()
+        .and_then(|t| t.http_listen.map(|a| (a, t.http)))
+    {
+        Some((addr, mode)) => Some((bind(pick(addr), "server.tls.http_listen").await?, mode)),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    let store = crate::state::open(&loaded.boot.store, &loaded.boot.config_dir)
+    let store = crate::state::open(&boot.store, &boot.config_dir)
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot open the state store `{}`: {}",
+                boot.store, e.0
+            ))
+        })?;
     let gateway = Gateway::with_store(loaded, store);
     let admin = tokio::spawn(crate::admin::serve(gateway.clone(), admin_listener));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(gateway.clone(), listener, async {
-        let _ = stopped.await;
-    }));
+    let stop = CancellationToken::new();
+    let main = match &tls {
+        Some(tls) => {
+            gateway.set_tls(tls.clone());
+            Listening::Tls(tls.clone())
+        }
+        None => Listening::Plain,
+    };
+    let mut tasks = vec![tokio::spawn(serve(
+        gateway.clone(),
+        listener,
+        main,
+        stop.clone().cancelled_owned(),
+    ))];
+    let mut http_addr = None;
+    if let Some((plain, mode)) = plain {
+        http_addr = Some(plain.local_addr()?);
+        let listening = match mode {
+            PlainHttp::Serve => Listening::Plain,
+            PlainHttp::Redirect => Listening::Redirect {
+                https_port: addr.port(),
+            },
+        };
+        tasks.push(tokio::spawn(serve(
+            gateway.clone(),
+            plain,
+            listening,
+            stop.clone().cancelled_owned(),
+        )));
+    }
     Ok(ServerHandle {
         addr,
+        http_addr,
         admin_addr,
         gateway,
-        stop: Some(stop),
-        task,
+        stop,
+        tasks,
         admin,
     })
 }

@@ -44,6 +44,15 @@ async fn reload_off_workers(gateway: &Arc<Gateway>, config: &Path) -> bool {
 /// One reload: parse, validate, compile, then swap. A bad config is logged with its
 /// locations, counted, and the running one keeps serving. Returns whether it swapped.
 pub fn reload(gateway: &Gateway, config: &Path) -> bool {
+    // The HTTPS certificate first: a renewed certificate must not wait on a valid config.
+    if let Some(tls) = gateway.tls() {
+        match tls.reload() {
+            Ok(()) => tracing::debug!("TLS certificate and key (re)loaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate reload failed, keeping the one in use")
+            }
+        }
+    }
     match Loaded::load(config) {
         Ok(Loaded { boot, snapshot }) => {
             boot.warn_changes(gateway.boot());
