@@ -10,15 +10,16 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::auth::claims::first_failing;
+use crate::auth::ClaimSource;
+use crate::auth::claims::render;
 use crate::auth::issue::RESERVED_CLAIMS;
 use crate::auth::{TokenError, VerifiedToken};
 use crate::clock::unix_now;
 use crate::config::AuthMode;
 use crate::credentials::{self, TokenSource};
 use crate::error::GatewayError;
-use crate::request::RequestView;
-use crate::routes::Route;
+use crate::request::{Conn, RequestView, Scheme};
+use crate::routes::{HeaderClaim, Route};
 use crate::session::{encode_component, is_navigation, safe_next};
 use crate::snapshot::Snapshot;
 use crate::state::Mirror;
@@ -74,17 +75,18 @@ pub async fn authorize(
     let found = credentials::token(view.headers, &snap.cookie.name)
         .map_err(|e| Denial::new(Some(index), e))?;
     let credential = found.map(|(_, source)| source);
+    let https = view.conn.scheme == Scheme::Https;
     let from_cookie = credential == Some(TokenSource::Cookie);
     let (token, cleared) =
         match authenticate(snap, mirror, route, view, found.map(|(t, _)| t)).await {
             Ok(token) => (token, None),
             // An optional route treats an unusable session cookie as no session.
             Err(_) if from_cookie && route.auth == AuthMode::Optional => {
-                (None, Some(snap.cookie.clear()))
+                (None, Some(snap.cookie.clear(https)))
             }
             Err(reason) => return Err(refused(snap, view, index, reason, from_cookie)),
         };
-    if let Err(e) = check_allow(route, token.as_deref()) {
+    if let Err(e) = check_allow(route, token.as_deref(), view.conn) {
         let mut denial = match e {
             GatewayError::Token(reason) => refused(snap, view, index, reason, from_cookie),
             other => Denial::new(Some(index), other),
@@ -93,36 +95,10 @@ pub async fn authorize(
         return Err(denial);
     }
     let set_cookie = match &token {
-        Some(t) if from_cookie => renewed_cookie(snap, t),
+        Some(t) if from_cookie => renewed_cookie(snap, t, https),
         _ => cleared,
     };
-    grant(snap, index, route, token, credential, set_cookie)
-}
-
-/// Builds the grant, rendering the identity headers first: a claim that cannot be a header
-/// fails the request rather than being dropped or passed on raw.
-fn grant(
-    snap: &Snapshot,
-    index: usize,
-    route: &Route,
-    token: Option<Arc<VerifiedToken>>,
-    credential: Option<TokenSource>,
-    set_cookie: Option<HeaderValue>,
-) -> Result<Grant, Box<Denial>> {
-    let mut identity = Vec::with_capacity(route.headers.len());
-    if let Some(t) = &token {
-        for (name, claim) in &route.headers {
-            match t.header_value(*claim) {
-                Ok(Some(value)) => identity.push((name.clone(), value.clone())),
-                Ok(None) => {}
-                Err(e) => {
-                    let path = snap.verifier.header_claims()[*claim].as_str().to_owned();
-                    let error = TokenError::UnrenderableClaim(path, e).into();
-                    return Err(Denial::new(Some(index), error));
-                }
-            }
-        }
-    }
+    let identity = identity(snap, index, route, token.as_deref(), view.conn)?;
     Ok(Grant {
         route: index,
         token,
@@ -130,6 +106,39 @@ fn grant(
         identity,
         set_cookie,
     })
+}
+
+/// The route's identity headers, rendered: token claims (rendered once per token) and
+/// `tls.client.*` values of the connection. A claim that cannot be a header fails the request
+/// rather than being dropped or passed on raw.
+fn identity(
+    snap: &Snapshot,
+    index: usize,
+    route: &Route,
+    token: Option<&VerifiedToken>,
+    conn: &Conn,
+) -> Result<Vec<(HeaderName, HeaderValue)>, Box<Denial>> {
+    let mut identity = Vec::with_capacity(route.headers.len());
+    for (name, claim) in &route.headers {
+        let rendered = match (claim, token, &conn.client) {
+            (HeaderClaim::Token(i), Some(t), _) => t.header_value(*i).map(|v| v.cloned()),
+            (HeaderClaim::Connection(path), _, Some(client)) => render(path.lookup(client)),
+            _ => Ok(None),
+        };
+        match rendered {
+            Ok(Some(value)) => identity.push((name.clone(), value)),
+            Ok(None) => {}
+            Err(e) => {
+                let path = match claim {
+                    HeaderClaim::Token(i) => snap.verifier.header_claims()[*i].as_str(),
+                    HeaderClaim::Connection(p) => p.as_str(),
+                };
+                let error = TokenError::UnrenderableClaim(path.to_owned(), e).into();
+                return Err(Denial::new(Some(index), error));
+            }
+        }
+    }
+    Ok(identity)
 }
 
 /// Runs the route's auth mode and the revocation list: the verified token when there is one.
@@ -169,17 +178,27 @@ async fn authenticate(
 }
 
 /// Runs the route's `allow` rules on every request (cached tokens included).
-fn check_allow(route: &Route, verified: Option<&VerifiedToken>) -> Result<(), GatewayError> {
-    if route.allow.is_empty() {
-        return Ok(());
+/// `tls.client.*` rules read the connection's client certificate; the others the token.
+fn check_allow(
+    route: &Route,
+    verified: Option<&VerifiedToken>,
+    conn: &Conn,
+) -> Result<(), GatewayError> {
+    for rule in &route.allow {
+        let claims = match (rule.source, verified, &conn.client) {
+            (ClaimSource::Token, Some(v), _) => &v.claims,
+            (ClaimSource::Token, None, _) => return Err(TokenError::Missing.into()),
+            (ClaimSource::Connection, _, Some(client)) => &**client,
+            // No client certificate: nothing to match.
+            (ClaimSource::Connection, _, None) => {
+                return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
+            }
+        };
+        if !rule.matches(claims) {
+            return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
+        }
     }
-    let Some(v) = verified else {
-        return Err(TokenError::Missing.into());
-    };
-    match first_failing(&route.allow, &v.claims) {
-        Some(rule) => Err(GatewayError::Forbidden(rule.claim.as_str().to_owned())),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// A token refusal: the session cookie that carried it is cleared, and a browser navigation
@@ -202,7 +221,7 @@ fn refused(
         route: Some(index),
         error,
         token: None,
-        set_cookie: from_cookie.then(|| snap.cookie.clear()),
+        set_cookie: from_cookie.then(|| snap.cookie.clear(view.conn.scheme == Scheme::Https)),
     })
 }
 
@@ -221,7 +240,7 @@ fn login_redirect(snap: &Snapshot, view: &RequestView<'_>) -> Option<HeaderValue
 
 /// Sliding session: a fresh cookie when a cookie token issued by authgate is close to expiry.
 /// The renewed token keeps the session id, so logging out ends every copy.
-fn renewed_cookie(snap: &Snapshot, token: &VerifiedToken) -> Option<HeaderValue> {
+fn renewed_cookie(snap: &Snapshot, token: &VerifiedToken, https: bool) -> Option<HeaderValue> {
     let before = snap.cookie.refresh_before?;
     if !token.local || token.exp.saturating_sub(unix_now()) >= before.as_secs() {
         return None;
@@ -232,7 +251,7 @@ fn renewed_cookie(snap: &Snapshot, token: &VerifiedToken) -> Option<HeaderValue>
         claims.remove(reserved);
     }
     let fresh = snap.issuer.issue(sub, claims, token.sid.as_deref()).ok()?;
-    snap.cookie.set(&fresh.token, snap.issuer.ttl())
+    snap.cookie.set(&fresh.token, snap.issuer.ttl(), https)
 }
 
 #[cfg(test)]

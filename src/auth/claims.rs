@@ -39,11 +39,33 @@ impl ClaimPath {
     }
 }
 
+/// Where a claim is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimSource {
+    /// The verified token.
+    Token,
+    /// The connection: `tls.client.*`, the verified client certificate (mutual TLS). Never
+    /// read from a token, so a token cannot claim to be a certificate.
+    Connection,
+}
+
+impl ClaimSource {
+    /// The source a claim path in the config names.
+    pub fn of(path: &str) -> ClaimSource {
+        if path.starts_with("tls.client.") {
+            ClaimSource::Connection
+        } else {
+            ClaimSource::Token
+        }
+    }
+}
+
 /// One `allow` entry: the claim must equal (or, when it is an array, contain) one of `wanted`.
 #[derive(Debug, Clone)]
 pub struct AllowRule {
     pub claim: ClaimPath,
     pub wanted: Vec<Value>,
+    pub source: ClaimSource,
 }
 
 /// Equality as a config author means it: numbers compare by value (`3` equals `3.0`), other
@@ -143,6 +165,7 @@ mod tests {
         AllowRule {
             claim: ClaimPath::new(path),
             wanted,
+            source: ClaimSource::of(path),
         }
     }
 
@@ -171,6 +194,13 @@ mod tests {
         assert!(rule("https://example.com/tenant", vec![json!("acme")]).matches(&c));
         assert!(!rule("a.b", vec![json!("x")]).matches(&c));
         assert!(!rule("realm_access.nope", vec![json!("admin")]).matches(&c));
+    }
+
+    #[test]
+    fn tls_client_paths_come_from_the_connection_only() {
+        assert_eq!(ClaimSource::of("tls.client.cn"), ClaimSource::Connection);
+        assert_eq!(ClaimSource::of("tls"), ClaimSource::Token);
+        assert_eq!(ClaimSource::of("roles"), ClaimSource::Token);
     }
 
     #[test]

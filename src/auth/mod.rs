@@ -10,7 +10,7 @@ pub mod token;
 pub mod verify;
 
 pub use cache::ClaimsCache;
-pub use claims::{AllowRule, ClaimPath};
+pub use claims::{AllowRule, ClaimPath, ClaimSource};
 pub use keys::{Key, KeySet};
 pub use token::VerifiedToken;
 pub use verify::{TokenError, Verifier};

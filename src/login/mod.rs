@@ -25,7 +25,7 @@ use crate::config::{Diagnostics, KeyPath, RawLogin, RawRate};
 use crate::credentials::{self, TokenSource};
 use crate::error::GatewayError;
 use crate::proxy::Body;
-use crate::request::RequestView;
+use crate::request::{RequestView, Scheme};
 use crate::session::{CookieSettings, is_navigation, safe_next, same_origin};
 use crate::state::{Quota, Revocation, State};
 use form::{Form, client_ip, content_type, parse_credentials, read_body};
@@ -246,7 +246,11 @@ impl Login {
         form: &Form,
         services: &Services<'_>,
     ) -> Result<Success, Failed> {
-        if !same_origin(view.headers, view.host_str()) {
+        if !same_origin(
+            view.headers,
+            view.host_str(),
+            view.conn.scheme == Scheme::Https,
+        ) {
             return Err(GatewayError::CrossSite.into());
         }
         let client = client_ip(view.headers, view.conn.peer.ip(), &self.trusted_proxies);
@@ -309,7 +313,7 @@ impl Login {
         };
         let html = matches!(form, Form::UrlEncoded);
         match self.attempt(view, body, &form, services).await {
-            Ok(success) => match self.logged_in(success, html, services).await {
+            Ok(success) => match self.logged_in(success, html, view, services).await {
                 Ok(answer) => answer,
                 Err(e) => Answer::failed(e),
             },
@@ -324,9 +328,11 @@ impl Login {
         &self,
         success: Success,
         html: bool,
+        view: &RequestView<'_>,
         services: &Services<'_>,
     ) -> Result<Answer, GatewayError> {
         let ttl = services.issuer.ttl();
+        let https = view.conn.scheme == Scheme::Https;
         let token = &success.issued.token;
         let mut resp = if html {
             let mut r = page::response(StatusCode::SEE_OTHER, String::new());
@@ -346,7 +352,7 @@ impl Login {
             }
             crate::response::json(StatusCode::OK, &body)
         };
-        if let Some(c) = services.cookie.set(token, ttl) {
+        if let Some(c) = services.cookie.set(token, ttl, https) {
             resp.headers_mut().append(SET_COOKIE, c);
         }
         Ok(Answer {
@@ -392,7 +398,11 @@ impl Login {
         if *view.method != Method::POST {
             return Err(GatewayError::MethodNotAllowed("POST"));
         }
-        if !same_origin(view.headers, view.host_str()) {
+        if !same_origin(
+            view.headers,
+            view.host_str(),
+            view.conn.scheme == Scheme::Https,
+        ) {
             return Err(GatewayError::CrossSite);
         }
         let found = credentials::token(view.headers, &services.cookie.name)?;
@@ -423,9 +433,10 @@ impl Login {
         } else {
             crate::response::empty(StatusCode::NO_CONTENT)
         };
-        response
-            .headers_mut()
-            .append(SET_COOKIE, services.cookie.clear());
+        response.headers_mut().append(
+            SET_COOKIE,
+            services.cookie.clear(view.conn.scheme == Scheme::Https),
+        );
         Ok(Answer {
             response,
             user,

@@ -9,7 +9,7 @@ use http::Method;
 use http::header::HeaderName;
 
 use super::{Matcher, PathMatch, RouteTable, host_name};
-use crate::auth::{AllowRule, ClaimPath};
+use crate::auth::{AllowRule, ClaimPath, ClaimSource};
 use crate::config::{AuthMode, Diagnostics, KeyPath, RawMatch, RawRoute};
 use crate::path::normalize;
 use crate::proxy::headers::{StripSet, canonical_name, is_reserved_header};
@@ -20,8 +20,8 @@ pub struct Route {
     pub name: Arc<str>,
     pub auth: AuthMode,
     pub allow: Vec<AllowRule>,
-    /// Upstream header ← index into the verifier's header claims.
-    pub headers: Vec<(HeaderName, usize)>,
+    /// Upstream header ← the claim it carries.
+    pub headers: Vec<(HeaderName, HeaderClaim)>,
     /// Segment-aware prefix removed before forwarding.
     pub strip_prefix: Option<String>,
     pub forward_token: bool,
@@ -29,6 +29,15 @@ pub struct Route {
     pub max_body: Option<u64>,
     /// Index into the snapshot's upstreams.
     pub upstream: usize,
+}
+
+/// Where an injected header's value comes from.
+#[derive(Debug, Clone)]
+pub enum HeaderClaim {
+    /// A token claim: index into the verifier's header claims (rendered once per token).
+    Token(usize),
+    /// A `tls.client.*` value of the connection's client certificate.
+    Connection(ClaimPath),
 }
 
 /// What compiling routes needs from the rest of the config, and what it gathers for it.
@@ -112,13 +121,15 @@ fn compile_route(
     }
     let matcher = compile_match(&route.matcher, &at.key("match"), diags);
     if route.auth == AuthMode::None {
-        if !route.allow.is_empty() {
+        // `tls.client.*` comes from the connection and needs no token.
+        let token = |path: &str| ClaimSource::of(path) == ClaimSource::Token;
+        if route.allow.keys().any(|c| token(c)) {
             diags.at(
                 &at.key("allow"),
                 "`allow` needs claims, but this route has `auth: none`",
             );
         }
-        if !route.headers.is_empty() {
+        if route.headers.values().any(|c| token(c.as_str())) {
             diags.at(
                 &at.key("headers"),
                 "claim headers need a token, but this route has `auth: none`",
@@ -165,6 +176,7 @@ fn compile_allow(route: &RawRoute, at: &KeyPath, diags: &mut Diagnostics) -> Vec
         allow.push(AllowRule {
             claim: ClaimPath::new(claim),
             wanted: wanted.0.clone(),
+            source: ClaimSource::of(claim),
         });
     }
     allow
@@ -175,7 +187,7 @@ fn compile_headers(
     at: &KeyPath,
     header_claims: &mut Vec<ClaimPath>,
     diags: &mut Diagnostics,
-) -> Vec<(HeaderName, usize)> {
+) -> Vec<(HeaderName, HeaderClaim)> {
     let mut headers = Vec::new();
     let mut seen = BTreeSet::new();
     for (name, claim) in &route.headers {
@@ -204,6 +216,10 @@ fn compile_headers(
             continue;
         }
         let path = ClaimPath::new(claim);
+        if ClaimSource::of(claim) == ClaimSource::Connection {
+            headers.push((header, HeaderClaim::Connection(path)));
+            continue;
+        }
         let index = header_claims
             .iter()
             .position(|p| *p == path)
@@ -211,7 +227,7 @@ fn compile_headers(
                 header_claims.push(path);
                 header_claims.len() - 1
             });
-        headers.push((header, index));
+        headers.push((header, HeaderClaim::Token(index)));
     }
     headers
 }

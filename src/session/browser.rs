@@ -34,9 +34,12 @@ pub fn encode_component(value: &str) -> String {
 }
 
 /// Whether a state-changing form POST comes from our own origin: `Origin` (or, without it,
-/// `Referer`) must name the host the request was sent to. Requests with neither are not from
-/// a browser form and pass (SameSite=Lax keeps the cookie off cross-site POSTs anyway).
-pub fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
+/// `Referer`) must name the host the request was sent to, and on an HTTPS connection an
+/// `https` origin (a page served over plain HTTP is another origin). Over plain HTTP either
+/// scheme passes: TLS may have been ended by a proxy in front. Requests with neither header
+/// are not from a browser form and pass (SameSite=Lax keeps the cookie off cross-site POSTs
+/// anyway).
+pub fn same_origin(headers: &HeaderMap, host: Option<&str>, https: bool) -> bool {
     let source = headers
         .get(http::header::ORIGIN)
         .or_else(|| headers.get(http::header::REFERER));
@@ -50,7 +53,8 @@ pub fn same_origin(headers: &HeaderMap, host: Option<&str>) -> bool {
         return false;
     };
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(authority)) => authority.as_str().eq_ignore_ascii_case(host),
+        (Some("https"), Some(authority)) => authority.as_str().eq_ignore_ascii_case(host),
+        (Some("http"), Some(authority)) if !https => authority.as_str().eq_ignore_ascii_case(host),
         _ => false,
     }
 }
@@ -95,26 +99,37 @@ mod tests {
         let host = Some("app.example:8080");
         assert!(same_origin(
             &headers(&[("origin", "https://app.example:8080")]),
-            host
+            host,
+            false
         ));
         assert!(same_origin(
             &headers(&[("referer", "http://app.example:8080/auth/login?next=/")]),
-            host
+            host,
+            false
         ));
-        assert!(same_origin(&HeaderMap::new(), host));
+        assert!(same_origin(&HeaderMap::new(), host, false));
         assert!(!same_origin(
             &headers(&[("origin", "https://evil.example")]),
-            host
+            host,
+            false
         ));
-        assert!(!same_origin(&headers(&[("origin", "null")]), host));
+        assert!(!same_origin(&headers(&[("origin", "null")]), host, false));
         assert!(!same_origin(
             &headers(&[("referer", "https://evil.example/x")]),
-            host
+            host,
+            false
         ));
         assert!(!same_origin(
             &headers(&[("origin", "https://app.example:8080.evil")]),
-            host
+            host,
+            false
         ));
+        // On an HTTPS connection a plain-HTTP page is another origin.
+        let http_page = headers(&[("origin", "http://app.example:8080")]);
+        assert!(same_origin(&http_page, host, false));
+        assert!(!same_origin(&http_page, host, true));
+        let https_page = headers(&[("origin", "https://app.example:8080")]);
+        assert!(same_origin(&https_page, host, true));
     }
 
     #[test]

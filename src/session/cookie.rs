@@ -19,20 +19,22 @@ pub struct CookieSettings {
 }
 
 impl CookieSettings {
-    /// `Set-Cookie` carrying `token` for `max_age`.
-    pub fn set(&self, token: &str, max_age: Duration) -> Option<HeaderValue> {
-        HeaderValue::from_str(&self.attributes(token, max_age.as_secs())).ok()
+    /// `Set-Cookie` carrying `token` for `max_age`, on a connection that is `https` or not.
+    pub fn set(&self, token: &str, max_age: Duration, https: bool) -> Option<HeaderValue> {
+        HeaderValue::from_str(&self.attributes(token, max_age.as_secs(), https)).ok()
     }
 
     /// `Set-Cookie` that removes the cookie.
-    pub fn clear(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.attributes("", 0))
+    pub fn clear(&self, https: bool) -> HeaderValue {
+        HeaderValue::from_str(&self.attributes("", 0, https))
             .unwrap_or_else(|_| HeaderValue::from_static("authgate_session=; Max-Age=0; Path=/"))
     }
 
-    fn attributes(&self, value: &str, max_age: u64) -> String {
+    /// A cookie set over HTTPS is always `Secure`; over plain HTTP only when configured (the
+    /// default: authgate may sit behind a TLS-terminating proxy).
+    fn attributes(&self, value: &str, max_age: u64, https: bool) -> String {
         let mut c = format!("{}={value}; Path=/; Max-Age={max_age}; HttpOnly", self.name);
-        if self.secure {
+        if self.secure || https {
             c.push_str("; Secure");
         }
         c.push_str(match self.same_site {
@@ -246,11 +248,11 @@ mod tests {
             refresh_before: None,
         };
         assert_eq!(
-            c.set("t", Duration::from_secs(60)).unwrap(),
+            c.set("t", Duration::from_secs(60), false).unwrap(),
             "s=t; Path=/; Max-Age=60; HttpOnly; Secure; SameSite=Lax; Domain=example.com"
         );
         assert!(
-            c.clear()
+            c.clear(false)
                 .to_str()
                 .unwrap()
                 .starts_with("s=; Path=/; Max-Age=0")
