@@ -17,28 +17,20 @@ if [ ! -f "$stamp" ] || [ tests/node/package-lock.json -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# Debian's Chromium for tests/browser.rs (driven by playwright-core, installed above; it
-# never downloads a browser of its own). Installed only when missing.
-if [ ! -x /usr/bin/chromium ]; then
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: /usr/bin/chromium missing and no apt-get: tests/browser.rs needs Debian's chromium package" >&2
-    exit 1
-  fi
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-  $sudo apt-get update
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
-fi
-
-# Debian's redis-server for tests/state_store.rs, and openssl for its TLS test's certificates.
-# Nothing is started here: each test runs its own server on a free port. Installed only when
-# missing.
+# Debian packages the tests run for real, each started by the tests themselves on free ports
+# (nothing is started here), installed in one apt-get run when any is missing:
+#   chromium      tests/browser.rs (driven by playwright-core; it never downloads a browser)
+#   redis-server  tests/state_store.rs, tests/replicas.rs
+#   openssl       certificates for the Redis TLS test
+#   curl          a second HTTP/2 and TLS client in tests/tls.rs
 missing=""
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"
 if [ -n "$missing" ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh:$missing missing and no apt-get: tests/state_store.rs needs them" >&2
+    echo "scripts/test.sh:$missing missing and no apt-get to install them" >&2
     exit 1
   fi
   sudo=""
@@ -46,6 +38,8 @@ if [ -n "$missing" ]; then
   $sudo apt-get update
   # shellcheck disable=SC2086 # one word per package
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+  # Debian starts packaged services; the tests run their own instances.
+  $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 
 cargo test --locked "$@"
