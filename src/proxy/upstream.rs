@@ -262,14 +262,23 @@ impl Servers {
     fn pick(&self, tried: Option<usize>) -> Option<(usize, Arc<Server>)> {
         let n = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut candidates = (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|&i| Some(i) != tried && self.list[i].available());
+        let usable = |i: &usize| Some(*i) != tried && self.list[*i].available();
         let index = match self.balance {
-            Balance::RoundRobin => candidates.next(),
-            Balance::LeastConn => {
-                candidates.min_by_key(|&i| self.list[i].pool.in_flight.load(Ordering::Relaxed))
+            // The `start`-th of the usable servers, counted among those only. (Walking from
+            // `start` to the next usable server instead hands every turn of a server that is
+            // out to the one after it in the list: with one of three out, 1/3 and 2/3.) A
+            // server can come back or go out between the two passes: then the first usable.
+            Balance::RoundRobin => {
+                let count = (0..n).filter(usable).count();
+                (0..n)
+                    .filter(usable)
+                    .nth(start % count.max(1))
+                    .or_else(|| (0..n).find(usable))
             }
+            Balance::LeastConn => (0..n)
+                .map(|i| (start + i) % n)
+                .filter(usable)
+                .min_by_key(|&i| self.list[i].pool.in_flight.load(Ordering::Relaxed)),
         }?;
         Some((index, self.list[index].clone()))
     }
