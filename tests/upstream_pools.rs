@@ -251,15 +251,16 @@ async fn answer(
     Response::new(Full::new(Bytes::from(shared.name)))
 }
 
-/// A server that reads one whole request per connection, records it, then closes the
-/// connection without answering.
+/// A server that answers the first `answered` requests of each connection (keep-alive), then
+/// reads the next one whole, records it, and closes the connection without answering.
 struct Closer {
     addr: SocketAddr,
+    /// Every request read, answered or not.
     seen: Arc<Mutex<Vec<String>>>,
 }
 
 impl Closer {
-    async fn start() -> Closer {
+    async fn start(answered: usize) -> Closer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -271,8 +272,18 @@ impl Closer {
                 };
                 let record = record.clone();
                 tokio::spawn(async move {
-                    if let Some(request) = read_request(&mut tcp).await {
+                    for n in 0.. {
+                        let Some(request) = read_request(&mut tcp).await else {
+                            return;
+                        };
                         record.lock().unwrap().push(request);
+                        if n == answered {
+                            break;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ncloser";
+                        if tcp.write_all(ok).await.is_err() {
+                            return;
+                        }
                     }
                     // Everything was read, so this is a clean close (FIN), not a reset.
                     let _ = tcp.shutdown().await;
@@ -782,7 +793,7 @@ async fn a_failing_health_check_takes_a_server_out_and_passing_ones_bring_it_bac
 
 #[tokio::test]
 async fn a_request_that_reached_a_server_is_never_sent_again() {
-    let closer = Closer::start().await;
+    let closer = Closer::start(0).await;
     let other = Backend::start("other").await;
     let urls = [closer.url(), other.url()];
 
@@ -821,6 +832,38 @@ async fn a_request_that_reached_a_server_is_never_sent_again() {
     assert_eq!(closer.seen().len(), 2);
     assert!(closer.seen()[1].starts_with("GET /read-once HTTP/1.1\r\n"));
     assert_eq!(other.count("/read-once"), 0);
+}
+
+/// What a server's keep-alive timeout looks like when it strikes as a request goes out on
+/// the idle connection: the request is written, the connection closes without an answer.
+#[tokio::test]
+async fn a_kept_alive_connection_closed_under_a_request_fails_it_but_ejects_nobody() {
+    let closer = Closer::start(1).await;
+    let other = Backend::start("other").await;
+    let urls = [closer.url(), other.url()];
+    let gw = start(&urls, &["eject_for: 10s"]).await;
+    let mut got = Vec::new();
+    for i in 1..=5 {
+        let r = get(&gw, &format!("/{i}")).await;
+        got.push((r.status.as_u16(), r.text()));
+    }
+    // 1 and 3 to the closing server: 1 opens a connection and is answered, 3 reuses it and
+    // is read but not answered (502: it may have been processed, so not sent elsewhere);
+    // 5 opens a new connection there: the server was not ejected.
+    assert_eq!(got[0], (200, "closer".to_owned()));
+    assert_eq!(got[2].0, 502, "{got:?}");
+    assert_eq!(got[4], (200, "closer".to_owned()), "{got:?}");
+    assert_eq!(other.count("/3"), 0);
+    let seen: Vec<String> = closer
+        .seen()
+        .iter()
+        .map(|r| r.lines().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        seen,
+        ["GET /1 HTTP/1.1", "GET /3 HTTP/1.1", "GET /5 HTTP/1.1"]
+    );
+    assert_eq!(server_metrics(&gw, &urls[0]).await, (3.0, 1.0, 1.0));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! Upstreams: where a route's requests go — one server or several, over http or https. The
 //! forwarding step hands a request to [`Upstream::send`] and does not know how many servers
 //! there are: a balancer picks a healthy one (`round_robin` or `least_conn`); a server that
-//! refuses connections or resets one before answering is ejected for `eject_for`; active
+//! refuses connections or breaks a new one before answering is ejected for `eject_for`; active
 //! health checks (`health.rs`) take servers out and bring them back; a request that was not
 //! sent at all is retried once on another server, one that may have reached a server never is.
 
@@ -166,12 +166,12 @@ impl Upstream {
                 break;
             };
             tried = Some(index);
-            let conn = match server.pool.checkout() {
-                Some(conn) => conn,
+            let (conn, reused) = match server.pool.checkout() {
+                Some(conn) => (conn, true),
                 None => match servers.connector.connect(&server.host, server.port).await {
                     Ok(conn) => {
                         server.pool.share(&conn);
-                        conn
+                        (conn, false)
                     }
                     Err(e) => {
                         server.count(true);
@@ -184,7 +184,7 @@ impl Upstream {
                 },
             };
             *req.uri_mut() = request_uri(&conn, servers.https, &server.authority, host, &path)?;
-            match self.attempt(&server, servers, conn, req).await? {
+            match self.attempt(&server, servers, conn, reused, req).await? {
                 Ok(resp) => return Ok(resp),
                 Err(unsent) => req = unsent,
             }
@@ -193,11 +193,13 @@ impl Upstream {
     }
 
     /// One try on one server: the answer, or the request back when it was not written.
+    /// `reused`: the connection came from the pool (it was not opened for this request).
     async fn attempt(
         &self,
         server: &Arc<Server>,
         servers: &Servers,
         conn: Conn,
+        reused: bool,
         req: Request<Body>,
     ) -> Result<Result<Response<Body>, Request<Body>>, GatewayError> {
         server.pool.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -219,8 +221,13 @@ impl Upstream {
             Ok(Sent::Failed(e)) => {
                 done();
                 server.count(true);
-                // Reset or closed before any answer: the server is in trouble.
-                if e.is_closed() || e.is_incomplete_message() {
+                // Reset or closed before any answer on a connection opened for this request:
+                // the server is in trouble. On a pooled connection this is what a server's
+                // keep-alive timeout looks like when it strikes as the request goes out (the
+                // request fails, it may have been read); ejecting for that would take a
+                // healthy server out for `eject_for` (with one server: every request fails).
+                // A server really down is ejected by the next connect it refuses.
+                if !reused && (e.is_closed() || e.is_incomplete_message()) {
                     server.eject(&self.name, servers.eject_for, &e);
                 }
                 Err(GatewayError::UpstreamFailed)
