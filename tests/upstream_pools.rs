@@ -634,6 +634,32 @@ async fn a_dead_server_is_ejected_then_readmitted_after_eject_for() {
     assert_eq!(b.count("/four/"), 10);
 }
 
+/// With nowhere else to send, ejecting would only stretch a restart into `eject_for` of 502s.
+#[tokio::test]
+async fn a_single_server_is_tried_again_as_soon_as_it_is_back() {
+    let only = Backend::start("only").await;
+    let yaml = config(&[], &[]).replace(
+        "    servers: []\n",
+        &format!("    url: \"{}\"\n    eject_for: 10s\n", only.url()),
+    );
+    let gw = Gateway::start(&yaml, "").await;
+    assert_eq!(get(&gw, "/up").await.status, 200);
+    only.stop().await;
+    for _ in 0..3 {
+        let began = Instant::now();
+        get(&gw, "/down").await.assert_error(502, "bad_gateway", "");
+        assert!(began.elapsed() < Duration::from_secs(1));
+    }
+    only.restart().await;
+    let r = get(&gw, "/again").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "only"));
+    // Every refusal was a try, and a failure. (The first request after the kill may have
+    // met the old pooled connection before it was seen closed: that one is not counted.)
+    let (requests, failures, healthy) = server_metrics(&gw, &only.url()).await;
+    assert!(failures >= 2.0, "{failures}");
+    assert_eq!((requests - failures, healthy), (2.0, 1.0));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. A server killed and restarted under load
 // ---------------------------------------------------------------------------------------------

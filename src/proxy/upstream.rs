@@ -175,7 +175,7 @@ impl Upstream {
                     }
                     Err(e) => {
                         server.count(true);
-                        server.eject(&self.name, servers.eject_for, &e);
+                        servers.eject(&self.name, &server, &e);
                         if matches!(e, ConnectError::Timeout) {
                             return Err(GatewayError::UpstreamUnreachable);
                         }
@@ -228,7 +228,7 @@ impl Upstream {
                 // healthy server out for `eject_for` (with one server: every request fails).
                 // A server really down is ejected by the next connect it refuses.
                 if !reused && (e.is_closed() || e.is_incomplete_message()) {
-                    server.eject(&self.name, servers.eject_for, &e);
+                    servers.eject(&self.name, server, &e);
                 }
                 Err(GatewayError::UpstreamFailed)
             }
@@ -264,6 +264,16 @@ fn request_uri(
 }
 
 impl Servers {
+    /// Takes `server` out of rotation for `eject_for` — unless it is the upstream's only
+    /// server: with nowhere else to send, ejecting it would only stretch a restart (a refused
+    /// connection) into `eject_for` of 502s. Each request tries it instead, as before upstreams
+    /// had several servers (and as nginx does with a single server).
+    fn eject(&self, upstream: &str, server: &Server, why: &dyn std::fmt::Display) {
+        if self.list.len() > 1 {
+            server.eject(upstream, self.eject_for, why);
+        }
+    }
+
     /// A server to send to: the next available one in turn (`round_robin`) or the available
     /// one with the fewest requests in progress (`least_conn`), never the one just tried.
     fn pick(&self, tried: Option<usize>) -> Option<(usize, Arc<Server>)> {
