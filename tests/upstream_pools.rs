@@ -602,7 +602,7 @@ async fn a_dead_server_is_ejected_then_readmitted_after_eject_for() {
     assert_eq!(server_metrics(&gw, &urls[1]).await, (1.0, 1.0, 1.0));
     // The ejected server's turns are shared by the others, not all handed to its neighbour.
     let (on_a, on_c) = (a.count("/one/"), c.count("/one/"));
-    assert!(on_a.abs_diff(on_c) <= 2, "a {on_a}, c {on_c}");
+    assert!(on_a.abs_diff(on_c) <= 3, "a {on_a}, c {on_c}");
 
     // Back up, but still ejected: nothing reaches it until eject_for has passed since the
     // refusal (which happened after `before`).
@@ -669,8 +669,10 @@ async fn a_server_killed_and_restarted_under_load_costs_few_requests() {
     const WORKERS: usize = 4;
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     // A little work per request, so some are in progress when the server dies.
-    a.set_delay(Duration::from_millis(5));
-    b.set_delay(Duration::from_millis(5));
+    a.set_delay(Duration::from_millis(10));
+    b.set_delay(Duration::from_millis(10));
+    // `/hold` is answered at once by `a`, held by `b` until it dies.
+    a.release();
     let gw = start(&[a.url(), b.url()], &["eject_for: 500ms"]).await;
 
     let results: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
@@ -697,6 +699,24 @@ async fn a_server_killed_and_restarted_under_load_costs_few_requests() {
         a.count("/load/") >= 20 && b.count("/load/") >= 20
     })
     .await;
+    // And one request surely in progress there.
+    let mut held = None;
+    for i in 0.. {
+        let (addr, path) = (gw.addr(), format!("/hold/{i}"));
+        let request =
+            tokio::spawn(async move { send(addr, "GET", &path, &[], Bytes::new()).await });
+        let path = format!("/hold/{i}");
+        eventually("the request to arrive", || async {
+            a.count(&path) + b.count(&path) > 0
+        })
+        .await;
+        if b.count(&path) > 0 {
+            held = Some((request, path));
+            break;
+        }
+        assert_eq!(request.await.unwrap().status, 200);
+    }
+    let (held, held_path) = held.unwrap();
     let killed = Instant::now();
     b.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -713,7 +733,7 @@ async fn a_server_killed_and_restarted_under_load_costs_few_requests() {
         w.await.unwrap();
     }
 
-    let results = results.lock().unwrap();
+    let results = results.lock().unwrap().clone();
     let failed: Vec<_> = results.iter().filter(|(_, s)| *s != 200).collect();
     eprintln!(
         "kill/restart under load: {} requests, {} failed {:?}, server back {:?} after the kill",
@@ -725,15 +745,23 @@ async fn a_server_killed_and_restarted_under_load_costs_few_requests() {
             .collect::<Vec<_>>(),
         back - killed,
     );
-    // Only requests already written to the dying server fail (at most one per worker), as
-    // 502s, and only around the kill.
-    assert!(failed.len() <= WORKERS, "{} requests failed", failed.len());
+    // Only requests already written to the dying server fail, as 502s, and only around the
+    // kill: each worker's request in progress there, and at worst one request per pooled
+    // connection to it not yet seen closed (at most one per worker too).
+    assert!(
+        failed.len() <= 2 * WORKERS,
+        "{} requests failed",
+        failed.len()
+    );
     for (at, status) in &failed {
         assert_eq!(*status, 502);
         assert!(*at < restarted, "a failure after the restart");
     }
     assert!(results.iter().filter(|(t, _)| *t > killed).count() > 20);
     assert!(results.iter().all(|(t, s)| *t < restarted || *s == 200));
+    // The request held by the server that died: a 502, not sent to the other one.
+    held.await.unwrap().assert_error(502, "bad_gateway", "");
+    assert_eq!(a.count(&held_path), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,8 +793,9 @@ async fn a_failing_health_check_takes_a_server_out_and_passing_ones_bring_it_bac
         let healthy = server_metric(&gw, "healthy", &urls[1]).await;
         let failed = b.health_answers(500);
         if healthy == 0.0 {
+            // (One or two more may have been answered while the gauge was read.)
             assert!(
-                (3..=4).contains(&failed),
+                (3..=5).contains(&failed),
                 "out after {failed} failed checks"
             );
             break;
@@ -796,7 +825,7 @@ async fn a_failing_health_check_takes_a_server_out_and_passing_ones_bring_it_bac
         let healthy = server_metric(&gw, "healthy", &urls[1]).await;
         let passed = b.health_answers(200) - passed_before;
         if healthy == 1.0 {
-            assert!((2..=3).contains(&passed), "back after {passed} good checks");
+            assert!((2..=4).contains(&passed), "back after {passed} good checks");
             break;
         }
         assert!(
@@ -1051,6 +1080,57 @@ async fn https_upstreams_speak_h2_when_offered_and_reuse_one_connection() {
             "{version:?}: one connection, kept alive"
         );
     }
+}
+
+/// A server that accepts TCP connections and then says nothing: the TLS handshake cannot end,
+/// so `connect_timeout` strikes.
+#[tokio::test]
+async fn a_server_stalling_the_handshake_costs_one_connect_timeout_then_is_ejected() {
+    let ca = new_ca("authgate test CA");
+    let ca_pem = ca.pem();
+    let good = Backend::start_tls(
+        "good",
+        server_tls(&leaf(&ca, &["127.0.0.1"]), &[H2, HTTP1], None),
+    )
+    .await;
+    let stall = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall_url = format!("https://{}", stall.local_addr().unwrap());
+    let accepted: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let keep = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = stall.accept().await {
+            keep.lock().unwrap().push(tcp);
+        }
+    });
+    let lines = [
+        "ca_file: ca.pem",
+        "connect_timeout: 300ms",
+        "eject_for: 10s",
+    ];
+    let yaml = config(&[stall_url.clone(), good.url()], &lines);
+    let gw = Gateway::start_with_files(&yaml, "", &[("ca.pem", ca_pem.as_bytes())]).await;
+
+    // The first request meets the stalling server: 502 after connect_timeout. The code does
+    // not retry a connect that timed out (the wait stays within one connect_timeout).
+    let began = Instant::now();
+    get(&gw, "/first")
+        .await
+        .assert_error(502, "bad_gateway", "unreachable");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(good.count("/first"), 0);
+    // Ejected: the next ones go to the good server without waiting.
+    for i in 0..4 {
+        let began = Instant::now();
+        let r = get(&gw, &format!("/next/{i}")).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "good"));
+        assert!(began.elapsed() < Duration::from_millis(290));
+    }
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    assert_eq!(server_metrics(&gw, &stall_url).await, (1.0, 1.0, 1.0));
 }
 
 // ---------------------------------------------------------------------------------------------
