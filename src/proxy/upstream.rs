@@ -1,7 +1,7 @@
 //! Upstreams: where a route's requests go — one server or several, over http or https. The
 //! forwarding step hands a request to [`Upstream::send`] and does not know how many servers
 //! there are: a balancer picks a healthy one (`round_robin` or `least_conn`); a server that
-//! refuses connections or resets one before answering is ejected for `eject_for`; active
+//! refuses connections or breaks a new one before answering is ejected for `eject_for`; active
 //! health checks (`health.rs`) take servers out and bring them back; a request that was not
 //! sent at all is retried once on another server, one that may have reached a server never is.
 
@@ -166,16 +166,16 @@ impl Upstream {
                 break;
             };
             tried = Some(index);
-            let conn = match server.pool.checkout() {
-                Some(conn) => conn,
+            let (conn, reused) = match server.pool.checkout() {
+                Some(conn) => (conn, true),
                 None => match servers.connector.connect(&server.host, server.port).await {
                     Ok(conn) => {
                         server.pool.share(&conn);
-                        conn
+                        (conn, false)
                     }
                     Err(e) => {
                         server.count(true);
-                        server.eject(&self.name, servers.eject_for, &e);
+                        servers.eject(&self.name, &server, &e);
                         if matches!(e, ConnectError::Timeout) {
                             return Err(GatewayError::UpstreamUnreachable);
                         }
@@ -184,7 +184,7 @@ impl Upstream {
                 },
             };
             *req.uri_mut() = request_uri(&conn, servers.https, &server.authority, host, &path)?;
-            match self.attempt(&server, servers, conn, req).await? {
+            match self.attempt(&server, servers, conn, reused, req).await? {
                 Ok(resp) => return Ok(resp),
                 Err(unsent) => req = unsent,
             }
@@ -193,11 +193,13 @@ impl Upstream {
     }
 
     /// One try on one server: the answer, or the request back when it was not written.
+    /// `reused`: the connection came from the pool (it was not opened for this request).
     async fn attempt(
         &self,
         server: &Arc<Server>,
         servers: &Servers,
         conn: Conn,
+        reused: bool,
         req: Request<Body>,
     ) -> Result<Result<Response<Body>, Request<Body>>, GatewayError> {
         server.pool.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -219,9 +221,14 @@ impl Upstream {
             Ok(Sent::Failed(e)) => {
                 done();
                 server.count(true);
-                // Reset or closed before any answer: the server is in trouble.
-                if e.is_closed() || e.is_incomplete_message() {
-                    server.eject(&self.name, servers.eject_for, &e);
+                // Reset or closed before any answer on a connection opened for this request:
+                // the server is in trouble. On a pooled connection this is what a server's
+                // keep-alive timeout looks like when it strikes as the request goes out (the
+                // request fails, it may have been read); ejecting for that would take a
+                // healthy server out for `eject_for` (with one server: every request fails).
+                // A server really down is ejected by the next connect it refuses.
+                if !reused && (e.is_closed() || e.is_incomplete_message()) {
+                    servers.eject(&self.name, server, &e);
                 }
                 Err(GatewayError::UpstreamFailed)
             }
@@ -257,19 +264,38 @@ fn request_uri(
 }
 
 impl Servers {
+    /// Takes `server` out of rotation for `eject_for` — unless it is the upstream's only
+    /// server: with nowhere else to send, ejecting it would only stretch a restart (a refused
+    /// connection) into `eject_for` of 502s. Each request tries it instead, as before upstreams
+    /// had several servers (and as nginx does with a single server).
+    fn eject(&self, upstream: &str, server: &Server, why: &dyn std::fmt::Display) {
+        if self.list.len() > 1 {
+            server.eject(upstream, self.eject_for, why);
+        }
+    }
+
     /// A server to send to: the next available one in turn (`round_robin`) or the available
     /// one with the fewest requests in progress (`least_conn`), never the one just tried.
     fn pick(&self, tried: Option<usize>) -> Option<(usize, Arc<Server>)> {
         let n = self.list.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut candidates = (0..n)
-            .map(|i| (start + i) % n)
-            .filter(|&i| Some(i) != tried && self.list[i].available());
+        let usable = |i: &usize| Some(*i) != tried && self.list[*i].available();
         let index = match self.balance {
-            Balance::RoundRobin => candidates.next(),
-            Balance::LeastConn => {
-                candidates.min_by_key(|&i| self.list[i].pool.in_flight.load(Ordering::Relaxed))
+            // The `start`-th of the usable servers, counted among those only. (Walking from
+            // `start` to the next usable server instead hands every turn of a server that is
+            // out to the one after it in the list: with one of three out, 1/3 and 2/3.) A
+            // server can come back or go out between the two passes: then the first usable.
+            Balance::RoundRobin => {
+                let count = (0..n).filter(usable).count();
+                (0..n)
+                    .filter(usable)
+                    .nth(start % count.max(1))
+                    .or_else(|| (0..n).find(usable))
             }
+            Balance::LeastConn => (0..n)
+                .map(|i| (start + i) % n)
+                .filter(usable)
+                .min_by_key(|&i| self.list[i].pool.in_flight.load(Ordering::Relaxed)),
         }?;
         Some((index, self.list[index].clone()))
     }
