@@ -273,13 +273,15 @@ pub fn route_table(rt: &Snapshot) -> String {
         let methods = m.methods.as_ref().map_or("*".into(), |ms| {
             ms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(",")
         });
-        let upstream = rt.upstream(route);
-        let target = match &upstream.target {
-            Target::Echo => format!("{} (builtin:echo)", upstream.name),
-            Target::Servers(servers) => {
-                let list: Vec<&str> = servers.list.iter().map(|s| &*s.label).collect();
-                format!("{} ({})", upstream.name, list.join(" "))
-            }
+        let target = match rt.upstream(route) {
+            None => "- (forward-auth only)".to_owned(),
+            Some(upstream) => match &upstream.target {
+                Target::Echo => format!("{} (builtin:echo)", upstream.name),
+                Target::Servers(servers) => {
+                    let list: Vec<&str> = servers.list.iter().map(|s| &*s.label).collect();
+                    format!("{} ({})", upstream.name, list.join(" "))
+                }
+            },
         };
         let injects = route
             .headers

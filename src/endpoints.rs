@@ -11,15 +11,17 @@ pub enum Endpoint {
     Logout,
     Refresh,
     Jwks,
+    ForwardAuth,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order of [`Endpoint::index`].
-    pub const ALL: [Endpoint; 4] = [
+    pub const ALL: [Endpoint; 5] = [
         Endpoint::Login,
         Endpoint::Logout,
         Endpoint::Refresh,
         Endpoint::Jwks,
+        Endpoint::ForwardAuth,
     ];
 
     /// Its name in logs and in the `route` label of metrics.
@@ -29,6 +31,7 @@ impl Endpoint {
             Endpoint::Logout => "(logout)",
             Endpoint::Refresh => "(refresh)",
             Endpoint::Jwks => "(jwks)",
+            Endpoint::ForwardAuth => "(forward_auth)",
         }
     }
 
@@ -64,6 +67,23 @@ impl Endpoints {
             by_path.push(((*path).into(), *endpoint));
         }
         Endpoints { by_path }
+    }
+
+    /// Adds the forward-auth verify path, when there is one.
+    pub fn with(mut self, forward_auth: Option<&str>, diags: &mut Diagnostics) -> Endpoints {
+        if let Some(path) = forward_auth {
+            let at = KeyPath::root().key("forward_auth").key("path");
+            let more = Endpoints::compile(&[(path, Endpoint::ForwardAuth, at.clone())], diags);
+            if self.find(path).is_some() {
+                diags.at(
+                    &at,
+                    format!("`{path}` is already the path of another endpoint"),
+                );
+            } else {
+                self.by_path.extend(more.by_path);
+            }
+        }
+        self
     }
 
     /// The endpoint at exactly this normalized path.

@@ -41,6 +41,12 @@ pub enum GatewayError {
     TooManyRequests(Duration),
     #[error("invalid username or password")]
     InvalidCredentials,
+    /// A forward-auth request from a peer not in `forward_auth.trusted_proxies`.
+    #[error("this caller may not ask for forward-auth decisions")]
+    UntrustedProxy,
+    /// Forward-auth: no route takes the request named (deny by default).
+    #[error("no route allows this request")]
+    Unrouted,
     /// RFC 6749 §5.2 `invalid_grant`.
     #[error("the refresh token is not valid (unknown, expired, revoked or already used)")]
     InvalidGrant,
@@ -123,7 +129,9 @@ impl GatewayError {
             }
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::CrossSite => StatusCode::FORBIDDEN,
+            GatewayError::CrossSite | GatewayError::UntrustedProxy | GatewayError::Unrouted => {
+                StatusCode::FORBIDDEN
+            }
             GatewayError::LoginRedirect { .. } => StatusCode::FOUND,
         }
     }
@@ -147,6 +155,7 @@ impl GatewayError {
             GatewayError::Internal => "internal_error",
             GatewayError::StoreUnavailable(_) => "store_unavailable",
             GatewayError::CrossSite => "cross_site_request",
+            GatewayError::UntrustedProxy | GatewayError::Unrouted => "forbidden",
             GatewayError::LoginRedirect { .. } => "login_required",
         }
     }

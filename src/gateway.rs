@@ -302,10 +302,16 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError> {
         let services = Services {
             issuer: &snap.issuer,
+            next: &snap.next,
             verifier: &snap.verifier,
             cookie: &snap.cookie,
             state: &self.state,
         };
+        if let (Endpoint::ForwardAuth, Some(fa)) = (endpoint, &snap.forward_auth) {
+            let (response, grant) = fa.verify(snap, &self.state.mirror, view).await?;
+            outcome.token = grant.and_then(|g| g.token);
+            return Ok(response);
+        }
         let answer = match (endpoint, &snap.login, &snap.jwks) {
             (Endpoint::Jwks, _, Some(document)) => return Ok(jwks_response(document)),
             (Endpoint::Login, Some(l), _) => l.login(view, body, &services).await,
@@ -340,7 +346,7 @@ fn log(
         Answered::Endpoint(e) => (e.label(), "-"),
         Answered::Route(i) => {
             let route = snap.routes.get(i);
-            let upstream = &*snap.upstream(route).name;
+            let upstream = snap.upstream(route).map_or("-", |u| &*u.name);
             (&*route.name, if outcome.forwarded { upstream } else { "-" })
         }
     };

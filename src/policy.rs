@@ -75,7 +75,7 @@ pub async fn authorize(
     let found = credentials::token(view.headers, &snap.cookie.name)
         .map_err(|e| Denial::new(Some(index), e))?;
     let credential = found.map(|(_, source)| source);
-    let https = view.conn.scheme == Scheme::Https;
+    let https = view.scheme == Scheme::Https;
     let from_cookie = credential == Some(TokenSource::Cookie);
     let (token, cleared) =
         match authenticate(snap, mirror, route, view, found.map(|(t, _)| t)).await {
@@ -98,7 +98,10 @@ pub async fn authorize(
         Some(t) if from_cookie => renewed_cookie(snap, t, https),
         _ => cleared,
     };
-    let identity = identity(snap, index, route, token.as_deref(), view.conn)?;
+    let mut identity = identity(snap, index, route, token.as_deref(), view.conn)?;
+    if let Some(assertion) = assertion(snap, index, route, token.as_deref(), view.conn) {
+        identity.push(assertion);
+    }
     Ok(Grant {
         route: index,
         token,
@@ -139,6 +142,34 @@ fn identity(
         }
     }
     Ok(identity)
+}
+
+/// The route's signed identity assertion, for a request with a token.
+fn assertion(
+    snap: &Snapshot,
+    index: usize,
+    route: &Route,
+    token: Option<&VerifiedToken>,
+    conn: &Conn,
+) -> Option<(HeaderName, HeaderValue)> {
+    let (settings, asserter, token) = (route.assertion.as_ref()?, snap.asserter.as_ref()?, token?);
+    let mut claims = serde_json::Map::new();
+    for (_, claim) in &route.headers {
+        let (path, value) = match claim {
+            HeaderClaim::Token(i) => {
+                let path = &snap.verifier.header_claims()[*i];
+                (path, path.lookup(&token.claims))
+            }
+            HeaderClaim::Connection(path) => {
+                (path, conn.client.as_deref().and_then(|c| path.lookup(c)))
+            }
+        };
+        if let Some(v) = value {
+            claims.insert(path.as_str().to_owned(), v.clone());
+        }
+    }
+    let signed = asserter.assert(index, &route.name, token, claims, settings.ttl)?;
+    Some((settings.header.clone(), signed))
 }
 
 /// Runs the route's auth mode and the revocation list: the verified token when there is one.
@@ -221,7 +252,7 @@ fn refused(
         route: Some(index),
         error,
         token: None,
-        set_cookie: from_cookie.then(|| snap.cookie.clear(view.conn.scheme == Scheme::Https)),
+        set_cookie: from_cookie.then(|| snap.cookie.clear(view.scheme == Scheme::Https)),
     })
 }
 

@@ -111,12 +111,48 @@ impl<'u> Target<'u> {
             query: uri.query(),
         })
     }
+
+    /// The same checks for a request an edge proxy names (forward-auth): the method, the host
+    /// it gives, and the origin-form `uri`.
+    pub fn named(
+        method: &Method,
+        uri: &'u Uri,
+        host: Option<HeaderValue>,
+        serves_method: impl Fn(&Method) -> bool,
+    ) -> Result<Target<'u>, GatewayError> {
+        if uri.scheme().is_some() || uri.authority().is_some() || !uri.path().starts_with('/') {
+            return Err(GatewayError::BadRequest(
+                "the original URI must be a path (origin-form)",
+            ));
+        }
+        if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(GatewayError::BadRequest("methods must be upper case"));
+        }
+        if !serves_method(method) || *method == Method::CONNECT {
+            return Err(GatewayError::MethodNotImplemented);
+        }
+        if host
+            .as_ref()
+            .is_some_and(|h| !is_valid_authority(h.as_bytes()))
+        {
+            return Err(GatewayError::BadRequest(
+                "the host must be a plain host[:port] (no userinfo, no percent-encoding)",
+            ));
+        }
+        Ok(Target {
+            host,
+            path: normalize(uri.path())?,
+            query: uri.query(),
+        })
+    }
 }
 
 /// A request as the policy sees it: the method, the host, the normalized path, the query, the
 /// headers and the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
+    /// The scheme the client used: the connection's, or, in forward-auth, the edge's word.
+    pub scheme: Scheme,
     pub method: &'a Method,
     pub host: Option<&'a HeaderValue>,
     pub path: &'a str,
@@ -133,6 +169,7 @@ impl<'a> RequestView<'a> {
         conn: &'a Conn,
     ) -> RequestView<'a> {
         RequestView {
+            scheme: conn.scheme,
             method,
             host: target.host.as_ref(),
             path: &target.path,

@@ -9,18 +9,21 @@ use std::sync::{Arc, OnceLock};
 
 use http::Method;
 
+use crate::auth::assertion::Asserter;
 use crate::auth::issue::{Issuer, RefreshSettings};
 use crate::auth::verify::VerifyOptions;
 use crate::auth::{Verifier, jwks, keys};
 use crate::boot::{Boot, ServerSettings, compile_extra_methods};
 use crate::config::{ConfigError, Diagnostic, Diagnostics, KeyPath, RawConfig, Source};
 use crate::endpoints::{Endpoint, Endpoints, JWKS_PATH};
+use crate::forward_auth::ForwardAuth;
 use crate::login::{self, Login};
 use crate::metrics::{Bound, Metrics};
 use crate::proxy::headers::StripSet;
 use crate::proxy::upstream::{self, Upstream};
 use crate::routes::{self, Route, RouteContext, RouteTable};
 use crate::session::CookieSettings;
+use crate::session::NextPolicy;
 
 /// Everything the request path needs, compiled once per (re)load.
 pub struct Snapshot {
@@ -36,9 +39,15 @@ pub struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     pub verifier: Verifier,
     pub issuer: Issuer,
+    /// Signs identity assertions (when some key is asymmetric and can sign).
+    pub asserter: Option<Asserter>,
     /// Every header name some route injects (stripped from every request).
     pub strip: StripSet,
     pub login: Option<Login>,
+    /// The verify endpoint for an edge proxy, when configured.
+    pub forward_auth: Option<ForwardAuth>,
+    /// Where a browser may be sent after logging in.
+    pub next: NextPolicy,
     pub cookie: CookieSettings,
     /// The gateway's own endpoints, by path.
     pub endpoints: Endpoints,
@@ -90,6 +99,7 @@ impl Loaded {
 struct Tokens {
     verifier: Verifier,
     issuer: Issuer,
+    asserter: Option<Asserter>,
     jwks: Option<bytes::Bytes>,
 }
 
@@ -113,8 +123,10 @@ fn compile_tokens(
         leeway_secs: raw.tokens.leeway.0.as_secs(),
         cache_entries: raw.cache.max_entries,
     };
+    let issuer_name = raw.tokens.issuer.as_ref().map(|t| t.as_str());
     Some(Tokens {
         jwks: keys::jwks_document(&keys),
+        asserter: Asserter::new(&keys, issuer_name),
         issuer: Issuer::new(keys.clone(), &raw.tokens, refresh),
         verifier: Verifier::new(keys, &options, header_claims, providers),
     })
@@ -154,19 +166,37 @@ fn compile(raw: &RawConfig, diags: &mut Diagnostics) -> Option<Snapshot> {
         upstreams: &upstream_index,
         defined: raw.upstreams.keys().map(String::as_str).collect(),
         header_claims: Vec::new(),
+        forward_auth: raw.forward_auth.is_some(),
+        can_assert: raw
+            .tokens
+            .keys
+            .iter()
+            .any(|k| !k.algorithm.is_hmac() && k.private_key_file.is_some()),
     };
     let compiled = routes::compile::compile(&raw.routes, context, diags);
     let tokens = compile_tokens(raw, compiled.header_claims, diags);
     let login = raw.login.as_ref().and_then(|l| login::compile(l, diags));
+    let forward_auth = raw
+        .forward_auth
+        .as_ref()
+        .and_then(|f| ForwardAuth::compile(f, diags));
     let has_jwks = tokens.as_ref().is_some_and(|t| t.jwks.is_some());
     let refresh = raw.tokens.refresh.is_some();
     let endpoints = compile_endpoints(login.as_ref(), refresh, has_jwks, diags);
+    let endpoints = endpoints.with(forward_auth.as_ref().map(|f| f.path.as_str()), diags);
     let mut warnings = shadow_warnings(&compiled.table, diags.source());
     warnings.extend(diags.take_warnings());
     let files = watched_files(raw, diags.source(), login.as_ref());
-    if raw.login.is_some() && login.is_none() {
+    if raw.login.is_some() && login.is_none()
+        || raw.forward_auth.is_some() && forward_auth.is_none()
+    {
         return None;
     }
+    let route_hosts = compiled.table.iter().filter_map(|(m, _)| m.host.as_deref());
+    let next_hosts = forward_auth
+        .iter()
+        .flat_map(|f| f.next_hosts.iter().map(String::as_str));
+    let next = NextPolicy::new(route_hosts.chain(next_hosts));
     let tokens = tokens?;
     static GENERATION: AtomicU64 = AtomicU64::new(1);
     Some(Snapshot {
@@ -178,8 +208,11 @@ fn compile(raw: &RawConfig, diags: &mut Diagnostics) -> Option<Snapshot> {
         upstreams,
         verifier: tokens.verifier,
         issuer: tokens.issuer,
+        asserter: tokens.asserter,
         strip: compiled.strip,
         login,
+        forward_auth,
+        next,
         cookie,
         endpoints,
         jwks: tokens.jwks,
@@ -266,8 +299,9 @@ impl Snapshot {
         }
     }
 
-    pub fn upstream(&self, route: &Route) -> &Arc<Upstream> {
-        &self.upstreams[route.upstream]
+    /// The route's upstream (`None` for a route used only through forward-auth).
+    pub fn upstream(&self, route: &Route) -> Option<&Arc<Upstream>> {
+        route.upstream.map(|i| &self.upstreams[i])
     }
 
     /// Key ids whose secret was generated for this process only.
@@ -322,7 +356,7 @@ mod tests {
         assert!(rt.strip.contains_str("x_user.id"));
         assert!(!rt.strip.contains_str("x-other"));
         assert_eq!(rt.verifier.header_claims().len(), 2);
-        let upstream = &rt.upstreams[rt.routes.iter().next().unwrap().1.upstream];
+        let upstream = &rt.upstreams[rt.routes.iter().next().unwrap().1.upstream.unwrap()];
         assert_eq!(upstream.base_path(), "/base");
         assert_eq!(&*upstream.servers()[0].label, "http://127.0.0.1:9000/base");
     }

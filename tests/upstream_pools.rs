@@ -1083,9 +1083,9 @@ async fn https_upstreams_speak_h2_when_offered_and_reuse_one_connection() {
 }
 
 /// A server that accepts TCP connections and then says nothing: the TLS handshake cannot end,
-/// so `connect_timeout` strikes.
+/// so `connect_timeout` strikes. Nothing was sent: the request goes to the other server.
 #[tokio::test]
-async fn a_server_stalling_the_handshake_costs_one_connect_timeout_then_is_ejected() {
+async fn a_server_stalling_the_handshake_costs_one_connect_timeout_then_is_skipped() {
     let ca = new_ca("authgate test CA");
     let ca_pem = ca.pem();
     let good = Backend::start_tls(
@@ -1110,18 +1110,17 @@ async fn a_server_stalling_the_handshake_costs_one_connect_timeout_then_is_eject
     let yaml = config(&[stall_url.clone(), good.url()], &lines);
     let gw = Gateway::start_with_files(&yaml, "", &[("ca.pem", ca_pem.as_bytes())]).await;
 
-    // The first request meets the stalling server: 502 after connect_timeout. The code does
-    // not retry a connect that timed out (the wait stays within one connect_timeout).
+    // The first request meets the stalling server: after connect_timeout it is retried on the
+    // good one (nothing was sent), so it costs one connect_timeout, not a failure.
     let began = Instant::now();
-    get(&gw, "/first")
-        .await
-        .assert_error(502, "bad_gateway", "unreachable");
+    let r = get(&gw, "/first").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "good"));
     let took = began.elapsed();
     assert!(
         took >= Duration::from_millis(290) && took < Duration::from_secs(2),
         "{took:?}"
     );
-    assert_eq!(good.count("/first"), 0);
+    assert_eq!(good.count("/first"), 1);
     // Ejected: the next ones go to the good server without waiting.
     for i in 0..4 {
         let began = Instant::now();

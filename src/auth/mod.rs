@@ -1,5 +1,6 @@
 //! Tokens: key material, verification, the claims cache, claim rules and signing.
 
+pub mod assertion;
 pub mod cache;
 pub mod claims;
 pub mod issue;

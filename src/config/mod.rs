@@ -44,6 +44,9 @@ pub struct RawConfig {
     /// Claims cache bounds.
     #[serde(default)]
     pub cache: RawCache,
+    /// authgate as the auth service of an edge proxy (optional).
+    #[serde(default)]
+    pub forward_auth: Option<RawForwardAuth>,
     /// Where revocations, sessions, refresh tokens and login limits live. Missing: `memory:`,
     /// with a warning at start (nothing survives a restart).
     #[serde(default)]
@@ -499,8 +502,9 @@ pub struct RawUpstream {
     pub server_name: Option<Text>,
     /// Active health checks (optional).
     pub health_check: Option<RawHealthCheck>,
-    /// How long a server that refused a connection (or reset it before answering) gets no
-    /// traffic. Default 10s.
+    /// How long a server that refused a connection (or reset a new one before answering) gets
+    /// no traffic. Default 10s. An upstream's only server is never ejected: with nowhere else
+    /// to send, every request tries it.
     pub eject_for: DurationValue,
     /// Time allowed to open a connection, TLS handshake included (unreachable → 502).
     pub connect_timeout: DurationValue,
@@ -666,8 +670,10 @@ pub struct RawRoute {
     /// What requests this route takes; an empty match takes every request.
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
-    /// Name of an entry in `upstreams`.
-    pub upstream: String,
+    /// Name of an entry in `upstreams`. A route used only through `forward_auth` may omit it
+    /// (in proxy mode such a route answers 404: there is nowhere to forward to).
+    #[serde(default)]
+    pub upstream: Option<String>,
     /// `none`, `optional` or `required` (default).
     #[serde(default)]
     pub auth: AuthMode,
@@ -688,6 +694,51 @@ pub struct RawRoute {
     /// `server.max_body_bytes`.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    /// A signed identity assertion for the upstream (or the edge, in forward-auth mode).
+    #[serde(default)]
+    pub assertion: Option<RawAssertion>,
+}
+
+/// `assertion:` on a route — a short-lived JWT signed with authgate's first asymmetric key,
+/// `aud` = the route's name, carrying the route's identity claims; verifiable with
+/// `/.well-known/jwks.json`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    /// The header it travels in (default `X-Authgate-Assertion`).
+    #[serde(default = "default_assertion_header")]
+    pub header: Text,
+    /// Its lifetime (default 60s).
+    #[serde(default = "default_assertion_ttl")]
+    pub ttl: DurationValue,
+}
+
+fn default_assertion_header() -> Text {
+    Text("X-Authgate-Assertion".into())
+}
+fn default_assertion_ttl() -> DurationValue {
+    DurationValue(Duration::from_secs(60))
+}
+
+/// `forward_auth:` — authgate as the auth service of an edge proxy (nginx `auth_request`,
+/// Traefik `forwardAuth`, Caddy `forward_auth`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardAuth {
+    /// The verify endpoint on the main listener.
+    #[serde(default = "default_forward_auth_path")]
+    pub path: Text,
+    /// Only these peers (IPs or CIDRs) may name the original request in `X-Forwarded-*` /
+    /// `X-Original-*`; anyone else gets 403.
+    pub trusted_proxies: Vec<Text>,
+    /// Hosts (exact, or `*.example.com`) a login may send the browser back to, besides the
+    /// hosts the routes name.
+    #[serde(default)]
+    pub next_hosts: Vec<Text>,
+}
+
+fn default_forward_auth_path() -> Text {
+    Text("/_authgate/verify".into())
 }
 
 /// `match:` — every condition given must hold.

@@ -26,7 +26,7 @@ use crate::credentials::{self, TokenSource};
 use crate::error::GatewayError;
 use crate::proxy::Body;
 use crate::request::{RequestView, Scheme};
-use crate::session::{CookieSettings, is_navigation, safe_next, same_origin};
+use crate::session::{CookieSettings, NextPolicy, is_navigation, same_origin};
 use crate::state::{Quota, Revocation, State};
 use form::{Form, client_ip, content_type, parse_credentials, read_body};
 pub use password::{MAX_PASSWORD, MAX_USERNAME, Passwords, hash_password};
@@ -61,6 +61,8 @@ impl std::fmt::Debug for Login {
 /// What the login endpoints use besides the request.
 pub struct Services<'a> {
     pub issuer: &'a Issuer,
+    /// Where a browser may be sent after logging in.
+    pub next: &'a NextPolicy,
     pub verifier: &'a Verifier,
     pub cookie: &'a CookieSettings,
     pub state: &'a State,
@@ -221,6 +223,7 @@ impl Login {
     /// The login page, showing `error` when there is one.
     fn page(
         &self,
+        next_policy: &NextPolicy,
         status: StatusCode,
         next: &str,
         username: &str,
@@ -230,7 +233,7 @@ impl Login {
             &self.template,
             &page::PageState {
                 action: &self.path,
-                next: safe_next(next),
+                next: next_policy.safe(next),
                 username,
                 error,
             },
@@ -246,11 +249,7 @@ impl Login {
         form: &Form,
         services: &Services<'_>,
     ) -> Result<Success, Failed> {
-        if !same_origin(
-            view.headers,
-            view.host_str(),
-            view.conn.scheme == Scheme::Https,
-        ) {
+        if !same_origin(view.headers, view.host_str(), view.scheme == Scheme::Https) {
             return Err(GatewayError::CrossSite.into());
         }
         let client = client_ip(view.headers, view.conn.peer.ip(), &self.trusted_proxies);
@@ -302,7 +301,7 @@ impl Login {
                 .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "next"))
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
-            return Answer::ok(self.page(StatusCode::OK, &next, "", None));
+            return Answer::ok(self.page(services.next, StatusCode::OK, &next, "", None));
         }
         if *view.method != Method::POST {
             return Answer::failed(GatewayError::MethodNotAllowed("GET, POST"));
@@ -317,7 +316,7 @@ impl Login {
                 Ok(answer) => answer,
                 Err(e) => Answer::failed(e),
             },
-            Err(failed) if html => self.form_failed(failed),
+            Err(failed) if html => self.form_failed(failed, services.next),
             Err(failed) => Answer::failed(failed.error),
         }
     }
@@ -332,11 +331,11 @@ impl Login {
         services: &Services<'_>,
     ) -> Result<Answer, GatewayError> {
         let ttl = services.issuer.ttl();
-        let https = view.conn.scheme == Scheme::Https;
+        let https = view.scheme == Scheme::Https;
         let token = &success.issued.token;
         let mut resp = if html {
             let mut r = page::response(StatusCode::SEE_OTHER, String::new());
-            let target = safe_next(success.next.as_deref().unwrap_or("/"));
+            let target = services.next.safe(success.next.as_deref().unwrap_or("/"));
             if let Ok(v) = http::HeaderValue::from_str(target) {
                 r.headers_mut().insert(http::header::LOCATION, v);
             }
@@ -363,7 +362,7 @@ impl Login {
     }
 
     /// A failed form login: the page again, with the error said plainly and the username kept.
-    fn form_failed(&self, failed: Failed) -> Answer {
+    fn form_failed(&self, failed: Failed, next_policy: &NextPolicy) -> Answer {
         let message = match &failed.error {
             GatewayError::InvalidCredentials => "Wrong username or password.".to_string(),
             GatewayError::TooManyRequests(_) => {
@@ -376,7 +375,13 @@ impl Login {
         };
         let next = failed.next.as_deref().unwrap_or("/");
         let error = failed.error;
-        let mut resp = self.page(error.status(), next, &failed.username, Some(&message));
+        let mut resp = self.page(
+            next_policy,
+            error.status(),
+            next,
+            &failed.username,
+            Some(&message),
+        );
         error.add_headers(resp.headers_mut());
         Answer {
             response: resp,
@@ -398,11 +403,7 @@ impl Login {
         if *view.method != Method::POST {
             return Err(GatewayError::MethodNotAllowed("POST"));
         }
-        if !same_origin(
-            view.headers,
-            view.host_str(),
-            view.conn.scheme == Scheme::Https,
-        ) {
+        if !same_origin(view.headers, view.host_str(), view.scheme == Scheme::Https) {
             return Err(GatewayError::CrossSite);
         }
         let found = credentials::token(view.headers, &services.cookie.name)?;
@@ -435,7 +436,7 @@ impl Login {
         };
         response.headers_mut().append(
             SET_COOKIE,
-            services.cookie.clear(view.conn.scheme == Scheme::Https),
+            services.cookie.clear(view.scheme == Scheme::Https),
         );
         Ok(Answer {
             response,

@@ -105,7 +105,10 @@ pub async fn forward(
 ) -> Result<Response<Body>, GatewayError> {
     let snap = f.snapshot;
     let route = snap.routes.get(f.grant.route);
-    let upstream = snap.upstream(route);
+    // A route used only through forward-auth has nowhere to forward to.
+    let Some(upstream) = snap.upstream(route) else {
+        return Err(GatewayError::NoRoute);
+    };
     let path_and_query = upstream_path(route, upstream.base_path(), f.path, f.query)?;
     let client_upgrade = upgrade::client_handshake(&parts.headers).and_then(|handshake| {
         let on_upgrade = parts.extensions.remove::<OnUpgrade>()?;
@@ -136,8 +139,8 @@ pub async fn forward(
     }
     let sent = Instant::now();
     let result = upstream.send(upstream_req, path_and_query, f.host).await;
-    if let Some(bound) = snap.bound.get() {
-        bound.upstreams[route.upstream].observe(sent.elapsed());
+    if let (Some(bound), Some(i)) = (snap.bound.get(), route.upstream) {
+        bound.upstreams[i].observe(sent.elapsed());
     }
     let resp = blame(result, &watch)?;
     answer(resp, client_upgrade, f.tunnels)

@@ -33,6 +33,8 @@ pub fn spawn(upstream: &Arc<Upstream>) {
 
 async fn run(weak: Weak<Upstream>, check: RawHealthCheck, mut streaks: Vec<i64>) {
     let mut tick = tokio::time::interval(check.interval.0);
+    // A slow round is not made up for with checks back to back.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(upstream) = weak.upgrade() else {
@@ -41,8 +43,14 @@ async fn run(weak: Weak<Upstream>, check: RawHealthCheck, mut streaks: Vec<i64>)
         let Target::Servers(servers) = &upstream.target else {
             return;
         };
-        for (server, streak) in servers.list.iter().zip(streaks.iter_mut()) {
-            let healthy = probe(&upstream, server, &check).await;
+        // Every server at once: a hanging one does not delay the others' checks.
+        let probes = servers
+            .list
+            .iter()
+            .map(|server| probe(&upstream, server, &check));
+        let results = futures_util::future::join_all(probes).await;
+        for ((server, streak), healthy) in servers.list.iter().zip(streaks.iter_mut()).zip(results)
+        {
             judge(&upstream.name, server, streak, healthy, &check);
         }
     }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -26,6 +26,10 @@ use crate::tls::{Alpn, UpstreamTls};
 
 /// Most idle HTTP/1.1 connections kept per server.
 const MAX_IDLE: usize = 256;
+/// Idle connections older than this are not reused: servers close idle keep-alive
+/// connections (Node.js after 5 s), and a request written just as the server closes one is
+/// lost — it may have been received, so it cannot be retried. Under that, no such race.
+const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 
 /// How to open a connection to a server of one upstream.
 pub struct Connector {
@@ -118,7 +122,8 @@ where
 
 /// Reusable connections to one server.
 pub struct Pool {
-    idle: ArrayQueue<http1::SendRequest<Body>>,
+    /// Idle HTTP/1.1 connections and when they became idle.
+    idle: ArrayQueue<(Instant, http1::SendRequest<Body>)>,
     h2: ArcSwapOption<http2::SendRequest<Body>>,
     /// Requests in progress (sent, answer not yet fully streamed back): `least_conn` reads it.
     pub in_flight: AtomicUsize,
@@ -154,8 +159,8 @@ impl Pool {
         }
         // A connection given back a moment ago may still be finishing its last message:
         // `send` waits for it to be ready. Closed ones are dropped here.
-        while let Some(sender) = self.idle.pop() {
-            if !sender.is_closed() {
+        while let Some((since, sender)) = self.idle.pop() {
+            if !sender.is_closed() && since.elapsed() < MAX_IDLE_AGE {
                 return Some(Conn::Http1(sender));
             }
         }
@@ -173,7 +178,7 @@ impl Pool {
         if let Conn::Http1(sender) = conn
             && !sender.is_closed()
         {
-            let _ = self.idle.push(sender);
+            let _ = self.idle.push((Instant::now(), sender));
         }
     }
 

@@ -15,7 +15,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 
 use super::body::Body;
-use super::pool::{Conn, ConnectError, Connector, Pool, Sent};
+use super::pool::{Conn, Connector, Pool, Sent};
 use crate::config::{Balance, Diagnostics, KeyPath, RawHealthCheck, RawUpstream, Source};
 use crate::error::GatewayError;
 use crate::metrics::ServerMetrics;
@@ -173,12 +173,10 @@ impl Upstream {
                         server.pool.share(&conn);
                         (conn, false)
                     }
+                    // Nothing was sent: a refused or timed-out connect is retried elsewhere.
                     Err(e) => {
                         server.count(true);
                         servers.eject(&self.name, &server, &e);
-                        if matches!(e, ConnectError::Timeout) {
-                            return Err(GatewayError::UpstreamUnreachable);
-                        }
                         continue;
                     }
                 },

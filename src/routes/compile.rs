@@ -27,8 +27,18 @@ pub struct Route {
     pub forward_token: bool,
     /// Largest request body forwarded (`None`: no limit).
     pub max_body: Option<u64>,
-    /// Index into the snapshot's upstreams.
-    pub upstream: usize,
+    /// Index into the snapshot's upstreams; `None` for a route used only through
+    /// forward-auth.
+    pub upstream: Option<usize>,
+    /// A signed identity assertion for the upstream or the edge.
+    pub assertion: Option<Assertion>,
+}
+
+/// `assertion:`, compiled: the header it travels in and its lifetime.
+#[derive(Debug, Clone)]
+pub struct Assertion {
+    pub header: HeaderName,
+    pub ttl: std::time::Duration,
 }
 
 /// Where an injected header's value comes from.
@@ -51,6 +61,10 @@ pub struct RouteContext<'a> {
     pub defined: Vec<&'a str>,
     /// Claims some route injects as a header, each once (rendered once per token).
     pub header_claims: Vec<ClaimPath>,
+    /// Whether forward-auth is on (routes may then have no upstream).
+    pub forward_auth: bool,
+    /// Whether an asymmetric key can sign assertions.
+    pub can_assert: bool,
 }
 
 /// The compiled table, the claims routes inject, and the names stripped from every request.
@@ -86,11 +100,11 @@ pub fn compile(raw: &[RawRoute], mut ctx: RouteContext, diags: &mut Diagnostics)
             entries.push(entry);
         }
     }
-    let strip = StripSet::new(
-        entries
-            .iter()
-            .flat_map(|(_, r): &(Matcher, Route)| r.headers.iter().map(|(n, _)| n.clone())),
-    );
+    // Identity headers and assertion headers alike are stripped from every request.
+    let strip = StripSet::new(entries.iter().flat_map(|(_, r): &(Matcher, Route)| {
+        let assertion = r.assertion.iter().map(|a| a.header.clone());
+        r.headers.iter().map(|(n, _)| n.clone()).chain(assertion)
+    }));
     Compiled {
         table: RouteTable::new(entries),
         header_claims: ctx.header_claims,
@@ -108,17 +122,8 @@ fn compile_route(
     if route.name.trim().is_empty() {
         diags.at(&at.key("name"), "route name must not be empty");
     }
-    let upstream = ctx.upstreams.get(&route.upstream).copied();
-    if upstream.is_none() && !ctx.defined.contains(&route.upstream.as_str()) {
-        diags.at(
-            &at.key("upstream"),
-            format!(
-                "unknown upstream `{}` (defined: {})",
-                route.upstream,
-                ctx.defined.join(", ")
-            ),
-        );
-    }
+    let upstream = compile_upstream(route, at, ctx, diags);
+    let assertion = compile_assertion(route, at, ctx, diags);
     let matcher = compile_match(&route.matcher, &at.key("match"), diags);
     if route.auth == AuthMode::None {
         // `tls.client.*` comes from the connection and needs no token.
@@ -139,7 +144,7 @@ fn compile_route(
     let allow = compile_allow(route, at, diags);
     let headers = compile_headers(route, at, &mut ctx.header_claims, diags);
     let strip_prefix = compile_strip_prefix(route, matcher.as_ref(), at, diags);
-    let (matcher, upstream) = (matcher?, upstream?);
+    let (matcher, upstream, assertion) = (matcher?, upstream?, assertion?);
     (diags.count() == before).then(|| {
         let route = Route {
             name: route.name.as_str().into(),
@@ -153,9 +158,83 @@ fn compile_route(
                 n => Some(n),
             },
             upstream,
+            assertion,
         };
         (matcher, route)
     })
+}
+
+/// The route's upstream: `Some(None)` when it has none (forward-auth only), `None` on error.
+fn compile_upstream(
+    route: &RawRoute,
+    at: &KeyPath,
+    ctx: &RouteContext,
+    diags: &mut Diagnostics,
+) -> Option<Option<usize>> {
+    let Some(name) = &route.upstream else {
+        if !ctx.forward_auth {
+            diags.at(
+                &at.key("upstream"),
+                "missing `upstream` (only routes used through `forward_auth` may omit it)",
+            );
+            return None;
+        }
+        return Some(None);
+    };
+    match ctx.upstreams.get(name) {
+        Some(i) => Some(Some(*i)),
+        // Defined but invalid: its own error is reported already.
+        None if ctx.defined.contains(&name.as_str()) => None,
+        None => {
+            let known = ctx.defined.join(", ");
+            diags.at(
+                &at.key("upstream"),
+                format!("unknown upstream `{name}` (defined: {known})"),
+            );
+            None
+        }
+    }
+}
+
+/// `assertion:`: a header name the gateway does not manage, a lifetime, and a key to sign.
+fn compile_assertion(
+    route: &RawRoute,
+    at: &KeyPath,
+    ctx: &RouteContext,
+    diags: &mut Diagnostics,
+) -> Option<Option<Assertion>> {
+    let Some(raw) = &route.assertion else {
+        return Some(None);
+    };
+    let here = at.key("assertion");
+    let header = match HeaderName::from_bytes(raw.header.as_str().as_bytes()) {
+        Ok(h) if !is_reserved_header(&h) => h,
+        _ => {
+            diags.at(
+                &here.key("header"),
+                format!("`{}` cannot carry the assertion", raw.header.as_str()),
+            );
+            return None;
+        }
+    };
+    if !ctx.can_assert {
+        diags.at(
+            &here,
+            "an assertion is signed with an asymmetric key: add one with `private_key_file` to `tokens.keys` (RS*, PS*, ES*, EdDSA)",
+        );
+        return None;
+    }
+    if raw.ttl.0.is_zero() || raw.ttl.0 > std::time::Duration::from_secs(3600) {
+        diags.at(
+            &here.key("ttl"),
+            "must be between 1s and 1h (assertions are short-lived)",
+        );
+        return None;
+    }
+    Some(Some(Assertion {
+        header,
+        ttl: raw.ttl.0,
+    }))
 }
 
 /// Whether a claim name or dot path is well formed (no empty part).

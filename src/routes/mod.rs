@@ -10,7 +10,7 @@ use crate::path::segment_name;
 
 pub mod compile;
 
-pub use compile::{HeaderClaim, Route, RouteContext, segment_prefix_of};
+pub use compile::{Assertion, HeaderClaim, Route, RouteContext, segment_prefix_of};
 
 /// The path condition of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,6 +28,56 @@ pub fn safe_next(next: &str) -> &str {
     if ok { next } else { "/" }
 }
 
+/// Where a browser may be sent after logging in: a same-origin path (see [`safe_next`]), or an
+/// absolute `http(s)` URL whose host is one the gateway serves — a host some route names, or one
+/// of `forward_auth.next_hosts` (`app.example.com`, or `*.example.com` for its subdomains).
+/// Behind an edge proxy the login page often lives on another host of the same site than the
+/// page that sent the browser there. Anything else is `/`.
+#[derive(Debug, Default, Clone)]
+pub struct NextPolicy {
+    exact: Vec<String>,
+    /// `.example.com` for `*.example.com`.
+    suffixes: Vec<String>,
+}
+
+impl NextPolicy {
+    pub fn new<'a>(hosts: impl IntoIterator<Item = &'a str>) -> NextPolicy {
+        let mut policy = NextPolicy::default();
+        for host in hosts {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            match host.strip_prefix('*') {
+                Some(suffix) if suffix.starts_with('.') => policy.suffixes.push(suffix.to_owned()),
+                _ => policy.exact.push(host),
+            }
+        }
+        policy
+    }
+
+    fn allows_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.exact.contains(&host) || self.suffixes.iter().any(|s| host.ends_with(s.as_str()))
+    }
+
+    /// `next` when it is safe to send a browser to, else `/`.
+    pub fn safe<'a>(&self, next: &'a str) -> &'a str {
+        if next.starts_with('/') {
+            return safe_next(next);
+        }
+        let b = next.as_bytes();
+        if next.len() > 2048 || b.iter().any(|&c| c == b'\\' || c <= b' ' || c >= 0x7f) {
+            return "/";
+        }
+        let Ok(uri) = next.parse::<http::Uri>() else {
+            return "/";
+        };
+        let ok = matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri
+                .authority()
+                .is_some_and(|a| !a.as_str().contains('@') && self.allows_host(a.host()));
+        if ok { next } else { "/" }
+    }
+}
+
 /// Percent-encodes a `next` value for a query string.
 pub fn encode_component(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
@@ -130,6 +180,31 @@ mod tests {
         assert!(!same_origin(&http_page, host, true));
         let https_page = headers(&[("origin", "https://app.example:8080")]);
         assert!(same_origin(&https_page, host, true));
+    }
+
+    #[test]
+    fn absolute_next_urls_only_to_hosts_we_serve() {
+        let policy = NextPolicy::new(["app.example.com", "*.corp.example"]);
+        for good in [
+            "/x",
+            "https://app.example.com/orders?x=1",
+            "http://APP.example.com./",
+            "https://wiki.corp.example/a",
+        ] {
+            assert_eq!(policy.safe(good), good);
+        }
+        for bad in [
+            "https://evil.example/",
+            "https://app.example.com.evil/",
+            "https://user@app.example.com/",
+            "javascript:alert(1)",
+            "//app.example.com/x",
+            "https://corp.example/",
+            "https://app.example.com/\t",
+            "ftp://app.example.com/",
+        ] {
+            assert_eq!(policy.safe(bad), "/", "{bad:?}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 pub mod browser;
 pub mod cookie;
 
-pub use browser::{encode_component, is_navigation, safe_next, same_origin};
+pub use browser::{NextPolicy, encode_component, is_navigation, safe_next, same_origin};
 pub use cookie::{
     CookieSettings, DuplicateCookie, session_cookie, strip_session_cookie, valid_cookie_name,
 };
