@@ -14,6 +14,7 @@ pub mod healthcheck;
 pub mod login;
 pub mod login_page;
 pub mod metrics;
+pub mod oidc;
 pub mod path;
 pub mod proxy;
 pub mod routes;
