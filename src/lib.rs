@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod healthcheck;
 pub mod login;
 pub mod metrics;
+pub mod oidc;
 pub mod path;
 pub mod policy;
 pub mod proxy;
