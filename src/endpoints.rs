@@ -12,32 +12,39 @@ pub enum Endpoint {
     Refresh,
     Jwks,
     ForwardAuth,
+    /// Single sign-on: the start and the callback of provider `i` of `login.oidc`.
+    OidcStart(usize),
+    OidcCallback(usize),
 }
 
 impl Endpoint {
-    /// Every endpoint, in the order of [`Endpoint::index`].
-    pub const ALL: [Endpoint; 5] = [
-        Endpoint::Login,
-        Endpoint::Logout,
-        Endpoint::Refresh,
-        Endpoint::Jwks,
-        Endpoint::ForwardAuth,
+    /// Every endpoint's name in logs and in the `route` label of metrics, in the order of
+    /// [`Endpoint::index`] (every single sign-on endpoint shares one).
+    pub const LABELS: [&'static str; 6] = [
+        "(login)",
+        "(logout)",
+        "(refresh)",
+        "(jwks)",
+        "(forward_auth)",
+        "(oidc)",
     ];
 
     /// Its name in logs and in the `route` label of metrics.
     pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::Login => "(login)",
-            Endpoint::Logout => "(logout)",
-            Endpoint::Refresh => "(refresh)",
-            Endpoint::Jwks => "(jwks)",
-            Endpoint::ForwardAuth => "(forward_auth)",
-        }
+        Endpoint::LABELS[self.index()]
     }
 
-    /// Its position in [`Endpoint::ALL`] (per-endpoint metric handles are kept in that order).
+    /// Its position in [`Endpoint::LABELS`] (per-endpoint metric handles are kept in that
+    /// order).
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            Endpoint::Login => 0,
+            Endpoint::Logout => 1,
+            Endpoint::Refresh => 2,
+            Endpoint::Jwks => 3,
+            Endpoint::ForwardAuth => 4,
+            Endpoint::OidcStart(_) | Endpoint::OidcCallback(_) => 5,
+        }
     }
 }
 

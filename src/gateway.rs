@@ -317,6 +317,8 @@ impl Gateway {
             (Endpoint::Login, Some(l), _) => l.login(view, body, &services).await,
             (Endpoint::Logout, Some(l), _) => l.logout(view, body, &services).await?,
             (Endpoint::Refresh, Some(l), _) => l.refresh(view, body, &services).await?,
+            (Endpoint::OidcStart(i), Some(l), _) => l.oidc_start(i, view, &services).await,
+            (Endpoint::OidcCallback(i), Some(l), _) => l.oidc_callback(i, view, &services).await,
             // The table only holds endpoints that are configured.
             _ => return Err(GatewayError::NoRoute),
         };

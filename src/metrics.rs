@@ -121,7 +121,7 @@ pub const LOGIN_RESULTS: [&str; 4] = [
 pub struct Bound {
     pub routes: Vec<RouteMetrics>,
     pub upstreams: Vec<LatencyHistogram>,
-    /// One per [`Endpoint`], in [`Endpoint::ALL`] order.
+    /// One per [`Endpoint`] label, in [`Endpoint::LABELS`] order.
     pub endpoints: Vec<RouteMetrics>,
     pub unmatched: RouteMetrics,
 }
@@ -131,9 +131,9 @@ impl Bound {
         Bound {
             routes: routes.iter().map(|r| metrics.route(r)).collect(),
             upstreams: upstreams.iter().map(|u| metrics.upstream(u)).collect(),
-            endpoints: Endpoint::ALL
+            endpoints: Endpoint::LABELS
                 .iter()
-                .map(|e| metrics.route(e.label()))
+                .map(|label| metrics.route(label))
                 .collect(),
             unmatched: metrics.route(UNMATCHED),
         }

@@ -249,6 +249,8 @@ pub struct FinishedLogin {
 #[derive(Serialize, Deserialize)]
 struct Pending {
     provider: String,
+    /// The callback URL this login was started with (the code exchange must name it again).
+    redirect: String,
     state: String,
     nonce: String,
     verifier: String,
@@ -411,13 +413,35 @@ impl OidcClient {
         sealing_key: &[u8; 32],
         now: u64,
     ) -> Result<StartLogin, OidcError> {
+        self.start_at(safe_next(next), None, sealing_key, now).await
+    }
+
+    /// [`start`](Self::start) with another callback URL than the configured one (the gateway
+    /// derives it from the request's scheme and host when `redirect_url` is not configured).
+    /// `next` is kept as given: the caller has checked it.
+    pub async fn start_at(
+        &self,
+        next: &str,
+        redirect: Option<&str>,
+        sealing_key: &[u8; 32],
+        now: u64,
+    ) -> Result<StartLogin, OidcError> {
         let discovered = self.discovered().await?;
+        let redirect = match redirect {
+            Some(r) => {
+                parse_redirect(r)
+                    .map_err(|_| OidcError::Internal("the callback URL is not valid"))?;
+                r.to_owned()
+            }
+            None => self.settings.redirect_url.clone(),
+        };
         let pending = Pending {
             provider: self.settings.name.clone(),
+            redirect,
             state: random_token()?,
             nonce: random_token()?,
             verifier: random_token()?,
-            next: safe_next(next).to_owned(),
+            next: next.to_owned(),
             exp: now.saturating_add(STATE_TTL_SECS),
         };
         let cookie_name = state_cookie_name(&pending.state);
@@ -463,7 +487,9 @@ impl OidcClient {
             .code
             .as_deref()
             .ok_or(OidcError::BadCallback("no code"))?;
-        let id_token = self.exchange(&discovered, code, &pending.verifier).await?;
+        let id_token = self
+            .exchange(&discovered, code, &pending.verifier, &pending.redirect)
+            .await?;
         let claims = self
             .verify_id_token(&discovered, &id_token, &pending.nonce)
             .await?;
@@ -625,7 +651,7 @@ impl OidcClient {
         read_limited(resp).await
     }
 
-    fn oauth_client(&self, discovered: &Discovered) -> TokenClient {
+    fn oauth_client(&self, discovered: &Discovered, redirect: &str) -> TokenClient {
         let auth_type = match self.settings.auth_method {
             ClientAuth::Basic => oauth2::AuthType::BasicAuth,
             ClientAuth::Post => oauth2::AuthType::RequestBody,
@@ -634,14 +660,16 @@ impl OidcClient {
             .set_client_secret(ClientSecret::new(self.settings.client_secret.clone()))
             .set_auth_uri(discovered.auth_url.clone())
             .set_token_uri(discovered.token_url.clone())
-            .set_redirect_uri(self.redirect.clone())
+            .set_redirect_uri(
+                RedirectUrl::new(redirect.to_owned()).unwrap_or_else(|_| self.redirect.clone()),
+            )
             .set_auth_type(auth_type)
     }
 
     fn authorize_url(&self, discovered: &Discovered, pending: &Pending) -> String {
         let verifier = PkceCodeVerifier::new(pending.verifier.clone());
         let (url, _) = self
-            .oauth_client(discovered)
+            .oauth_client(discovered, &pending.redirect)
             .authorize_url(|| CsrfToken::new(pending.state.clone()))
             .add_scopes(self.settings.scopes.iter().cloned().map(Scope::new))
             .set_pkce_challenge(PkceCodeChallenge::from_code_verifier_sha256(&verifier))
@@ -656,10 +684,11 @@ impl OidcClient {
         discovered: &Discovered,
         code: &str,
         verifier: &str,
+        redirect: &str,
     ) -> Result<String, OidcError> {
         let http = self.http.clone();
         let send = move |request| send(http.clone(), request);
-        let client = self.oauth_client(discovered);
+        let client = self.oauth_client(discovered, redirect);
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()))

@@ -148,6 +148,11 @@ fn compile_endpoints(
             let path = at.key("refresh_path");
             entries.push((l.refresh_path.as_str(), Endpoint::Refresh, path));
         }
+        for (i, p) in l.providers.iter().enumerate() {
+            let name = at.key("oidc").index(i).key("name");
+            entries.push((p.start_path.as_str(), Endpoint::OidcStart(i), name.clone()));
+            entries.push((p.callback_path.as_str(), Endpoint::OidcCallback(i), name));
+        }
     }
     if jwks {
         entries.push((JWKS_PATH, Endpoint::Jwks, KeyPath::root()));
@@ -175,7 +180,11 @@ fn compile(raw: &RawConfig, diags: &mut Diagnostics) -> Option<Snapshot> {
     };
     let compiled = routes::compile::compile(&raw.routes, context, diags);
     let tokens = compile_tokens(raw, compiled.header_claims, diags);
-    let login = raw.login.as_ref().and_then(|l| login::compile(l, diags));
+    let leeway = raw.tokens.leeway.0.as_secs();
+    let login = raw
+        .login
+        .as_ref()
+        .and_then(|l| login::compile(l, leeway, diags));
     let forward_auth = raw
         .forward_auth
         .as_ref()

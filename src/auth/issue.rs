@@ -125,6 +125,11 @@ impl Issuer {
         }
     }
 
+    /// The key sealing short-lived browser state, derived from the signing key.
+    pub fn sealing_key(&self) -> Option<[u8; 32]> {
+        self.keys.signing()?.seal
+    }
+
     /// Lifetime of issued access tokens (`tokens.ttl`).
     pub fn ttl(&self) -> Duration {
         self.ttl

@@ -20,6 +20,27 @@ pub struct Key {
     pub public_jwk: Option<Jwk>,
     /// True when the secret was generated for this process because none was configured.
     pub ephemeral: bool,
+    /// A key derived from the private material (HKDF-SHA256), for sealing short-lived browser
+    /// state (the OIDC login cookie): every replica with the same keys can open it.
+    pub seal: Option<[u8; 32]>,
+}
+
+/// HKDF-SHA256 of private key material, for [`Key::seal`].
+fn seal_key(material: &[u8]) -> Option<[u8; 32]> {
+    use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
+    struct Len;
+    impl aws_lc_rs::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            32
+        }
+    }
+    let prk = Salt::new(HKDF_SHA256, b"authgate").extract(material);
+    let mut out = [0u8; 32];
+    prk.expand(&[b"authgate sealing key v1"], Len)
+        .ok()?
+        .fill(&mut out)
+        .ok()?;
+    Some(out)
 }
 
 impl std::fmt::Debug for Key {
@@ -188,6 +209,7 @@ fn load_hmac(raw: &RawKey, src: &Source, at: &KeyPath, id: String) -> Result<Key
         encoding: Some(EncodingKey::from_secret(&secret)),
         public_jwk: None,
         ephemeral,
+        seal: seal_key(&secret),
     })
 }
 
@@ -271,6 +293,7 @@ fn private_key(
         encoding: Some(encoding),
         public_jwk: Some(jwk),
         ephemeral: false,
+        seal: seal_key(pem),
     })
 }
 
@@ -304,6 +327,7 @@ fn public_key(
         encoding: None,
         public_jwk: jwk,
         ephemeral: false,
+        seal: None,
     })
 }
 

@@ -344,6 +344,60 @@ pub struct RawLogin {
     /// limit. Empty (the default): the socket peer address is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<Text>,
+    /// Single sign-on through OpenID Connect providers (login ends in authgate's own session).
+    #[serde(default)]
+    pub oidc: Vec<RawOidc>,
+}
+
+/// `login.oidc[]` — one OpenID Connect provider (authorization code flow with PKCE).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    /// In URLs: `{login base}/oidc/{name}/start` and `.../callback`.
+    pub name: String,
+    /// Discovery: `{issuer}/.well-known/openid-configuration` (https; http only on loopback).
+    pub issuer: Text,
+    pub client_id: Text,
+    pub client_secret: Secret,
+    /// Must include `openid` (default `openid email profile`).
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<Text>,
+    /// The callback URL registered at the provider. Default: the request's scheme and host
+    /// with the callback path.
+    #[serde(default)]
+    pub redirect_url: Option<Text>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: OidcAuthMethod,
+    /// authgate claim ← ID-token claim (dot paths). Without `sub`, the ID token's `sub`.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Text>,
+    /// Rules on the ID token's claims, as a route's `allow`.
+    #[serde(default)]
+    pub allow: BTreeMap<String, ClaimMatch>,
+    /// The login page sends the browser straight to this provider (when it is the only way
+    /// to log in).
+    #[serde(default)]
+    pub auto_redirect: bool,
+    /// Where the provider sends the browser after an RP-initiated logout (registered at the
+    /// provider). Default: the login page on the request's host.
+    #[serde(default)]
+    pub post_logout_redirect_url: Option<Text>,
+}
+
+fn default_oidc_scopes() -> Vec<Text> {
+    ["openid", "email", "profile"]
+        .map(|s| Text(s.into()))
+        .to_vec()
+}
+
+/// How authgate authenticates at the provider's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OidcAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
 }
 
 fn default_login_path() -> Text {

@@ -5,6 +5,7 @@
 //! the token and its whole session.
 
 pub mod form;
+pub mod oidc;
 pub mod page;
 pub mod password;
 pub mod refresh;
@@ -47,6 +48,8 @@ pub struct Login {
     per_client: Quota,
     per_username: Quota,
     trusted_proxies: Vec<IpNet>,
+    /// Single sign-on providers, in config order.
+    pub providers: Vec<oidc::Provider>,
 }
 
 impl std::fmt::Debug for Login {
@@ -152,8 +155,9 @@ fn compile_proxies(raw: &RawLogin, at: &KeyPath, diags: &mut Diagnostics) -> Vec
     nets
 }
 
-/// Compiles `login:`; users come from the config file and `users_file`.
-pub fn compile(raw: &RawLogin, diags: &mut Diagnostics) -> Option<Login> {
+/// Compiles `login:`; users come from the config file and `users_file`. `leeway` is the clock
+/// skew allowed on single sign-on ID tokens (`tokens.leeway`).
+pub fn compile(raw: &RawLogin, leeway: u64, diags: &mut Diagnostics) -> Option<Login> {
     let at = KeyPath::root().key("login");
     let path = endpoint_path(raw.path.as_str(), &at.key("path"), diags);
     let logout_path = endpoint_path(raw.logout_path.as_str(), &at.key("logout_path"), diags);
@@ -171,7 +175,9 @@ pub fn compile(raw: &RawLogin, diags: &mut Diagnostics) -> Option<Login> {
         diags,
     );
     let trusted_proxies = compile_proxies(raw, &at.key("trusted_proxies"), diags);
+    let providers = oidc::compile(&raw.oidc, raw.path.as_str(), leeway, diags);
     Some(Login {
+        providers,
         path,
         logout_path,
         refresh_path,
@@ -229,16 +235,33 @@ impl Login {
         username: &str,
         error: Option<&str>,
     ) -> Response<Body> {
+        let next = next_policy.safe(next);
+        let encoded = crate::session::encode_component(next);
+        let providers: Vec<(String, String)> = self
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), format!("{}?next={encoded}", p.start_path)))
+            .collect();
         let html = page::render(
             &self.template,
             &page::PageState {
                 action: &self.path,
-                next: next_policy.safe(next),
+                next,
                 username,
                 error,
+                providers: &providers,
             },
         );
         page::response(status, html)
+    }
+
+    /// The provider the login page sends browsers straight to: the only way to log in, with
+    /// `auto_redirect`.
+    fn sso_only(&self) -> Option<&oidc::Provider> {
+        match self.providers.as_slice() {
+            [only] if only.auto_redirect && self.passwords.is_empty() => Some(only),
+            _ => None,
+        }
     }
 
     /// Checks the credentials (same origin, rate limits, argon2) and signs a token.
@@ -301,6 +324,11 @@ impl Login {
                 .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "next"))
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default();
+            if let Some(only) = self.sso_only() {
+                let next = crate::session::encode_component(services.next.safe(&next));
+                let target = format!("{}?next={next}", only.start_path);
+                return Answer::ok(crate::response::redirect(StatusCode::FOUND, &target));
+            }
             return Answer::ok(self.page(services.next, StatusCode::OK, &next, "", None));
         }
         if *view.method != Method::POST {
@@ -409,6 +437,7 @@ impl Login {
         let found = credentials::token(view.headers, &services.cookie.name)?;
         let everywhere = self.everywhere(view, body).await?;
         let mut user = None;
+        let mut provider_logout = None;
         if let Some((token, _)) = found
             && let Ok(verified) = services.verifier.verify(token).await
         {
@@ -417,6 +446,7 @@ impl Login {
                 revoke_user(sub, services).await?;
             }
             user = verified.sub.clone();
+            provider_logout = self.provider_logout(&verified, view);
         }
         let from_browser = matches!(found, Some((_, TokenSource::Cookie)))
             || is_navigation(&Method::GET, view.headers)
@@ -426,8 +456,11 @@ impl Login {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
         let mut response = if from_browser {
+            // An SSO session also ends at its provider when it offers that (RP-initiated
+            // logout); the provider then sends the browser back to the login page.
+            let location = provider_logout.as_deref().unwrap_or(&self.path);
             let mut r = page::response(StatusCode::SEE_OTHER, String::new());
-            if let Ok(location) = http::HeaderValue::from_str(&self.path) {
+            if let Ok(location) = http::HeaderValue::from_str(location) {
                 r.headers_mut().insert(http::header::LOCATION, location);
             }
             r
@@ -443,6 +476,17 @@ impl Login {
             user,
             error: None,
         })
+    }
+
+    /// The logout URL of the provider that logged this token's user in, when it has one.
+    fn provider_logout(
+        &self,
+        verified: &crate::auth::VerifiedToken,
+        view: &RequestView<'_>,
+    ) -> Option<String> {
+        let idp = verified.claims.get(oidc::IDP_CLAIM)?.as_str()?;
+        let provider = self.providers.iter().find(|p| p.name == idp)?;
+        provider.logout_url(view, &self.path)
     }
 
     /// Whether a logout asks to end every session: `?everywhere=1` (or `true`), a form field

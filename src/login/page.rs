@@ -1,6 +1,7 @@
 //! The built-in login page: a small, accessible HTML form with no external assets and no
 //! JavaScript, readable on a phone. Replaceable by `login.page_template` with placeholders
-//! `{{action}}`, `{{next}}`, `{{username}}` (all HTML-escaped) and `{{error}}` (an escaped
+//! `{{action}}`, `{{next}}`, `{{username}}` (all HTML-escaped), `{{providers}}` (one "Sign in
+//! with …" link per single sign-on provider, or nothing) and `{{error}}` (an escaped
 //! `<p class="error" role="alert">` element, or nothing).
 
 use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, HeaderValue};
@@ -24,6 +25,7 @@ pub const DEFAULT_TEMPLATE: &str = r#"<!doctype html>
   input { box-sizing: border-box; width: 100%; padding: 0.65rem; font-size: 1rem; border: 1px solid GrayText; border-radius: 0.4rem; }
   input:focus, button:focus { outline: 3px solid Highlight; outline-offset: 2px; }
   button { margin-top: 1.5rem; width: 100%; padding: 0.75rem; font-size: 1rem; font-weight: 600; border: 0; border-radius: 0.4rem; background: #1d4ed8; color: #fff; cursor: pointer; }
+  .sso { display: block; margin: 0 0 0.75rem; padding: 0.75rem; text-align: center; border: 1px solid GrayText; border-radius: 0.4rem; color: inherit; text-decoration: none; font-weight: 600; }
   .error { margin: 0 0 1rem; padding: 0.75rem; border-radius: 0.4rem; background: #fee2e2; color: #7f1d1d; border: 1px solid #b91c1c; }
 </style>
 </head>
@@ -31,6 +33,7 @@ pub const DEFAULT_TEMPLATE: &str = r#"<!doctype html>
 <main>
   <h1>Sign in</h1>
   {{error}}
+  {{providers}}
   <form method="post" action="{{action}}">
     <input type="hidden" name="next" value="{{next}}">
     <label for="username">Username</label>
@@ -70,6 +73,8 @@ pub struct PageState<'a> {
     pub next: &'a str,
     pub username: &'a str,
     pub error: Option<&'a str>,
+    /// (provider name, its start URL with `next`) for each single sign-on provider.
+    pub providers: &'a [(String, String)],
 }
 
 /// Fills the template in one pass: a value is never scanned for placeholders, so text a user
@@ -92,6 +97,15 @@ pub fn render(template: &str, state: &PageState<'_>) -> String {
             "next" => out.push_str(&escape(state.next)),
             "username" => out.push_str(&escape(state.username)),
             "error" => out.push_str(&error),
+            "providers" => {
+                for (name, url) in state.providers {
+                    out.push_str(&format!(
+                        "<a class=\"sso\" href=\"{}\">Sign in with {}</a>",
+                        escape(url),
+                        escape(name)
+                    ));
+                }
+            }
             // Not ours: leave it as written.
             other => {
                 out.push_str("{{");
@@ -135,9 +149,16 @@ mod tests {
                 next: "/a?b=1&c=\"x\"",
                 username: "<script>alert(1)</script>",
                 error: Some("Wrong <b>password</b>"),
+                providers: &[(
+                    "Corp <SSO>".into(),
+                    "/auth/oidc/corp/start?next=%2F\"".into(),
+                )],
             },
         );
         assert!(html.contains("value=\"/a?b=1&amp;c=&quot;x&quot;\""));
+        assert!(html.contains(
+            "href=\"/auth/oidc/corp/start?next=%2F&quot;\">Sign in with Corp &lt;SSO&gt;</a>"
+        ));
         assert!(html.contains("value=\"&lt;script&gt;alert(1)&lt;/script&gt;\""));
         assert!(!html.contains("<script>"));
         assert!(
@@ -152,6 +173,7 @@ mod tests {
                 next: "/",
                 username: "",
                 error: None,
+                providers: &[],
             },
         );
         assert!(!clean.contains("role=\"alert\""));
