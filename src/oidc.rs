@@ -449,7 +449,9 @@ impl OidcClient {
             .map_err(|_| OidcError::Internal("cannot encode the login state"))?;
         let cookie_value = seal(sealing_key, &cookie_name, &plain)?;
         let authorize_url = self.authorize_url(&discovered, &pending);
-        let set_cookie = self.cookie_header(&cookie_name, &cookie_value, STATE_TTL_SECS);
+        // `Secure` follows the callback this login uses (derived per request when not fixed).
+        let secure = pending.redirect.starts_with("https://");
+        let set_cookie = self.cookie_header(&cookie_name, &cookie_value, STATE_TTL_SECS, secure);
         Ok(StartLogin {
             authorize_url,
             cookie_name,
@@ -497,7 +499,12 @@ impl OidcClient {
             claims,
             next: pending.next,
             id_token,
-            clear_cookie: self.cookie_header(&cookie_name, "", 0),
+            clear_cookie: self.cookie_header(
+                &cookie_name,
+                "",
+                0,
+                pending.redirect.starts_with("https://"),
+            ),
         })
     }
 
@@ -506,7 +513,8 @@ impl OidcClient {
     /// well-formed state.
     pub fn clear_state_cookie(&self, query: &str) -> Option<String> {
         let state = Callback::parse(query).ok()?.state?;
-        is_random_token(&state).then(|| self.cookie_header(&state_cookie_name(&state), "", 0))
+        is_random_token(&state)
+            .then(|| self.cookie_header(&state_cookie_name(&state), "", 0, self.secure_cookie))
     }
 
     /// The RP-initiated logout URL (OpenID Connect RP-Initiated Logout 1.0) when the
@@ -764,12 +772,12 @@ impl OidcClient {
         Ok((pending, name))
     }
 
-    fn cookie_header(&self, name: &str, value: &str, max_age: u64) -> String {
+    fn cookie_header(&self, name: &str, value: &str, max_age: u64, secure: bool) -> String {
         let mut cookie = format!(
             "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax",
             self.cookie_path
         );
-        if self.secure_cookie {
+        if secure {
             cookie.push_str("; Secure");
         }
         cookie

@@ -330,6 +330,63 @@ fn docker_compose_file_mounts_the_example_config() {
     }
 }
 
+/// The single sign-on example: its gateway config passes `check`, and the Keycloak realm it
+/// imports registers exactly the callback, logout return and secret the config uses, with
+/// PKCE S256 and only the code flow.
+#[test]
+fn sso_example_config_passes_check_and_matches_its_keycloak_realm() {
+    let dir = repo().join("examples/sso");
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(dir.join("config/gateway.yaml"))
+        .env("JWT_SECRET", SECRET_HEX)
+        .env("OIDC_CLIENT_SECRET", "test-only-client-secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let config: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(dir.join("config/gateway.yaml")).unwrap())
+            .unwrap();
+    let oidc = &config["login"]["oidc"][0];
+    let realm: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("keycloak/realm-corp.json")).unwrap(),
+    )
+    .unwrap();
+    let issuer = oidc["issuer"].as_str().unwrap();
+    assert!(issuer.ends_with(&format!("/realms/{}", realm["realm"].as_str().unwrap())));
+    let client = &realm["clients"][0];
+    assert_eq!(client["clientId"].as_str(), oidc["client_id"].as_str());
+    assert_eq!(client["secret"], "${OIDC_CLIENT_SECRET}");
+    assert_eq!(
+        oidc["client_secret"].as_str(),
+        Some("${OIDC_CLIENT_SECRET}")
+    );
+    assert_eq!(
+        client["redirectUris"],
+        serde_json::json!([oidc["redirect_url"].as_str().unwrap()])
+    );
+    assert_eq!(
+        client["attributes"]["post.logout.redirect.uris"].as_str(),
+        oidc["post_logout_redirect_url"].as_str()
+    );
+    assert_eq!(client["attributes"]["pkce.code.challenge.method"], "S256");
+    assert_eq!(client["implicitFlowEnabled"], false);
+    assert_eq!(client["directAccessGrantsEnabled"], false);
+
+    let compose = std::fs::read_to_string(dir.join("docker-compose.yml")).unwrap();
+    for needle in [
+        "./keycloak:/opt/keycloak/data/import:ro",
+        "--import-realm",
+        "network_mode: \"service:keycloak\"",
+        "${OIDC_CLIENT_SECRET:?",
+        "${JWT_SECRET:?",
+        "KC_HOSTNAME: \"http://localhost:8081\"",
+    ] {
+        assert!(compose.contains(needle), "missing {needle:?}");
+    }
+}
+
 #[test]
 fn dockerfile_is_locked_non_root_healthchecked_and_copies_only_what_exists() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
