@@ -9,6 +9,7 @@
 mod common;
 use common::*;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -95,14 +96,16 @@ const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8
 
 /// nginx: `auth_request` to authgate's verify path; the identity headers copied with
 /// `auth_request_set`; a 401 carrying `Location` (a browser) turned into a 302 to the login
-/// page; `/auth/` (login, logout) proxied to authgate with the Host kept.
+/// page; `/auth/` (login, logout) proxied to authgate with the Host kept. Lines marked
+/// `# harness` and those with `@DIR@` or `@NONCE@` are this test's only; the rest is the
+/// README's config, line for line (`the_readme_shows_the_tested_edge_configs`).
 const NGINX_CONF: &str = r#"
-daemon off;
-master_process off;
-worker_processes 1;
+daemon off;                                   # harness
+master_process off;                           # harness
+worker_processes 1;                           # harness
 pid @DIR@/nginx.pid;
 error_log @DIR@/error.log warn;
-events { worker_connections 256; }
+events { worker_connections 256; }            # harness
 http {
     access_log @DIR@/access.log;
     client_body_temp_path @DIR@/client_body;
@@ -115,7 +118,7 @@ http {
     upstream app      { server @APP@; }
 
     server {
-        listen 127.0.0.1:@PORT@;
+        listen 127.0.0.1:@PORT@;              # harness
         absolute_redirect off;
 
         location = /_edge/ready { return 200 "@NONCE@"; }
@@ -136,10 +139,11 @@ http {
             proxy_set_header X-User-Roles         $roles;
             proxy_set_header X-Tenant             $tenant;
             proxy_set_header X-Authgate-Assertion $assertion;
+            proxy_set_header Authorization        "";
             proxy_pass http://app;
         }
 
-        # The verify subrequest: the client's headers (Authorization, Cookie) plus the
+        # The verify subrequest: the client's headers (Authorization, Cookie) and the
         # original request line; no body.
         location = /_authgate/verify {
             internal;
@@ -172,19 +176,19 @@ http {
 "#;
 
 /// Caddy: `forward_auth` with `?mode=redirect` (authgate answers a browser with the 302
-/// itself), `copy_headers`, and the client's own identity headers dropped first (Caddy 2.6
-/// leaves a client's header in place when the auth response does not carry it, and passes
-/// header names spelled with `_` or `.`).
+/// itself) and `copy_headers`, with the client's own identity headers dropped first: Caddy
+/// 2.6 passes header names spelled with `_` or `.` on, and some Caddy versions do not
+/// overwrite a copied header the auth answer leaves empty. Marked lines as for nginx.
 const CADDYFILE: &str = r#"
-{
-	admin off
-	auto_https off
+{                                            # harness
+	admin off                                # harness
+	auto_https off                           # harness
 }
 
-http://:@PORT@ {
-	bind 127.0.0.1
+http://:@PORT@ {                             # harness
+	bind 127.0.0.1                           # harness
 
-	handle /_edge/ready {
+	handle /_edge/ready {                    # harness
 		respond "@NONCE@" 200
 	}
 
@@ -195,6 +199,7 @@ http://:@PORT@ {
 
 	handle {
 		route {
+			# Identity headers come from authgate only: drop the client's, in every spelling.
 			request_header -X-User-Id
 			request_header -X-User-Roles
 			request_header -X-Tenant
@@ -205,6 +210,8 @@ http://:@PORT@ {
 				uri /_authgate/verify?mode=redirect
 				copy_headers X-User-Id X-User-Roles X-Tenant X-Authgate-Assertion
 			}
+			# After the check: the token stays at the edge.
+			request_header -Authorization
 			reverse_proxy @APP@
 		}
 	}
@@ -495,6 +502,10 @@ async fn identity_reaches_the_app_and_forgeries_never_do(kind: Kind) {
         payload(&assertion)["sub"],
         "alice",
         "authgate's, not the client's"
+    );
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "the token stays at the edge"
     );
 
     let r = s.get("/admin/users", &headers).await;
@@ -865,6 +876,38 @@ async fn the_assertion_verifies_against_the_published_jwks(kind: Kind) {
         set.find("k1").is_none(),
         "a symmetric key is never published"
     );
+}
+
+/// The README's nginx and Caddy configs are the ones tested here: every line of
+/// [`NGINX_CONF`] and [`CADDYFILE`] but the harness's is in the README's forward-auth section
+/// (with authgate at 127.0.0.1:8080 and the app at 127.0.0.1:3000).
+#[test]
+fn the_readme_shows_the_tested_edge_configs() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Forward-auth: plug into nginx, Traefik or Caddy\n")
+        .nth(1)
+        .expect("the README's forward-auth section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let shown: HashSet<&str> = section.lines().map(str::trim).collect();
+    for (edge, config) in [("nginx", NGINX_CONF), ("Caddy", CADDYFILE)] {
+        for line in config.lines().map(str::trim) {
+            let harness = ["# harness", "@DIR@", "@NONCE@"];
+            if line.is_empty() || harness.iter().any(|m| line.contains(m)) {
+                continue;
+            }
+            let line = line
+                .replace("@AUTHGATE@", "127.0.0.1:8080")
+                .replace("@APP@", "127.0.0.1:3000");
+            assert!(
+                shown.contains(line.as_str()),
+                "the README's {edge} config lacks {line:?}"
+            );
+        }
+    }
 }
 
 macro_rules! on_each_edge {
