@@ -23,11 +23,15 @@ fi
 #   redis-server  tests/state_store.rs, tests/replicas.rs
 #   openssl       certificates for the Redis TLS test
 #   curl          a second HTTP/2 and TLS client in tests/tls.rs
+#   nginx         the auth_request edge in tests/forward_auth.rs
+#   caddy         the forward_auth edge in tests/forward_auth.rs
 missing=""
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$missing nginx"
+command -v caddy >/dev/null 2>&1 || missing="$missing caddy"
 if [ -n "$missing" ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh:$missing missing and no apt-get to install them" >&2
@@ -40,6 +44,8 @@ if [ -n "$missing" ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
   # Debian starts packaged services; the tests run their own instances.
   $sudo service redis-server stop >/dev/null 2>&1 || true
+  $sudo service nginx stop >/dev/null 2>&1 || true
+  $sudo service caddy stop >/dev/null 2>&1 || true
 fi
 
 cargo test --locked "$@"

@@ -1,5 +1,5 @@
 //! `authgate healthcheck` against a real HTTP server standing in for the admin listener, and
-//! the Docker files: the Dockerfile's promises and the docker-compose example's config.
+//! the Docker files: the Dockerfile's promises and the docker-compose examples' configs.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -384,6 +384,73 @@ fn sso_example_config_passes_check_and_matches_its_keycloak_realm() {
         "KC_HOSTNAME: \"http://localhost:8081\"",
     ] {
         assert!(compose.contains(needle), "missing {needle:?}");
+    }
+}
+
+#[test]
+fn traefik_example_config_passes_check() {
+    let config = repo().join("examples/traefik/config/gateway.yaml");
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("JWT_SECRET", SECRET_HEX)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("forward-auth only"), "{stdout}");
+    assert!(stdout.contains("app.localhost"), "{stdout}");
+}
+
+#[test]
+fn traefik_compose_file_names_the_forward_auth_middleware() {
+    let compose =
+        std::fs::read_to_string(repo().join("examples/traefik/docker-compose.yml")).unwrap();
+    for needle in [
+        "traefik.http.middlewares.authgate.forwardauth.address=http://authgate:8080/_authgate/verify?mode=redirect",
+        "traefik.http.middlewares.authgate.forwardauth.authResponseHeaders=X-User-Id,X-User-Roles,X-Authgate-Assertion",
+        "traefik.http.middlewares.authgate.forwardauth.trustForwardHeader=false",
+        "traefik.http.routers.whoami.middlewares=authgate@docker",
+        "traefik.http.routers.authgate.rule=PathPrefix(`/auth/`)",
+        "traefik/whoami",
+        "./config:/etc/authgate:ro",
+        "${JWT_SECRET:?",
+    ] {
+        assert!(compose.contains(needle), "missing {needle:?}");
+    }
+
+    // authgate trusts exactly the address Traefik has on the compose network.
+    let config =
+        std::fs::read_to_string(repo().join("examples/traefik/config/gateway.yaml")).unwrap();
+    let traefik_ip = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ipv4_address:"))
+        .expect("Traefik has a fixed address")
+        .trim();
+    assert!(
+        config.contains(&format!("trusted_proxies: [\"{traefik_ip}\"]")),
+        "forward_auth.trusted_proxies must be [\"{traefik_ip}\"]"
+    );
+    // Every identity header the route injects is one Traefik copies.
+    for header in ["X-User-Id: sub", "X-User-Roles: roles"] {
+        assert!(config.contains(header), "{header}");
+    }
+
+    // The README documents these very labels.
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for label in compose
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- traefik."))
+    {
+        assert!(
+            readme.contains(&format!("traefik.{label}")),
+            "the README lacks the label traefik.{label}"
+        );
     }
 }
 

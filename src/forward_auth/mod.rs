@@ -2,11 +2,13 @@
 //! terminates TLS (nginx `auth_request`, Traefik `forwardAuth`, Caddy `forward_auth`). The
 //! edge sends the client's headers to `forward_auth.path` and names the original request in
 //! `X-Forwarded-Method`/`-Proto`/`-Host`/`-Uri` (Traefik, Caddy) or `X-Original-Method`/
-//! `X-Original-URI` (nginx) — believed only from `trusted_proxies`. The request named is
-//! normalized and decided by the same `policy::authorize` as a proxied one; nothing is
-//! forwarded. The answer tells the edge what to do: 200 with the route's identity headers
-//! (every one present, so a copied header always overwrites a client's), 401 (with
-//! `Location` to the login page for a browser; 302 with `?mode=redirect`), or 403.
+//! `X-Original-URI` (nginx; the host from `Host`) — believed only from `trusted_proxies`, and
+//! refused when both families name it (an edge passes the client's other family on). The
+//! request named is normalized and decided by the same `policy::authorize` as a proxied one;
+//! nothing is forwarded. The answer tells the edge what to do: 200 with the identity headers
+//! (every one any route injects, empty when absent, so a copied header always overwrites a
+//! client's), 401 (with `Location` to the login page for a browser; 302 with
+//! `?mode=redirect`), or 403.
 
 mod verify;
 

@@ -43,6 +43,21 @@ struct Original {
 
 impl Original {
     fn read(headers: &HeaderMap) -> Result<Original, GatewayError> {
+        // Fix: an edge sets its own family of headers and passes the client's other headers on
+        // unchanged (nginx sets X-Original-* but forwards a client's X-Forwarded-Uri; Traefik
+        // and Caddy set X-Forwarded-* but forward a client's X-Original-URI). Preferring one
+        // family let a client name another request than the one the edge serves (through
+        // nginx, `X-Forwarded-Uri: /public` opened any path), so a request named by both
+        // families is refused, and with nginx's family the host is `Host` (nginx passes a
+        // client's X-Forwarded-Host on too).
+        let named_by = |names: [&str; 2]| names.iter().any(|n| headers.contains_key(*n));
+        let forwarded = named_by(["x-forwarded-method", "x-forwarded-uri"]);
+        let nginx = named_by(["x-original-method", "x-original-uri"]);
+        if forwarded && nginx {
+            return Err(GatewayError::BadRequest(
+                "the original request is named by both X-Forwarded-* and X-Original-* headers",
+            ));
+        }
         let method = single(headers, &["x-forwarded-method", "x-original-method"])?.ok_or(
             GatewayError::BadRequest("the edge must send X-Forwarded-Method or X-Original-Method"),
         )?;
@@ -59,8 +74,8 @@ impl Original {
             }
         };
         let host = match single(headers, &["x-forwarded-host"])? {
-            Some(h) => HeaderValue::from_str(h).ok(),
-            None => headers.get(HOST).cloned(),
+            Some(h) if !nginx => HeaderValue::from_str(h).ok(),
+            _ => headers.get(HOST).cloned(),
         };
         Ok(Original {
             method: Method::from_bytes(method.as_bytes())
@@ -121,11 +136,19 @@ impl ForwardAuth {
 
 /// 200 with every identity header the route injects (empty when the claim is absent, so the
 /// edge's copy always overwrites whatever the client sent).
+///
+/// Fix: and every identity header *any* route injects, empty when this route does not inject
+/// it — as proxy mode strips them on every route, public ones included. An edge copies a fixed
+/// list of headers whatever the route, and some do not overwrite one missing from the answer
+/// (Caddy before 2.9 sets it to the literal `{http.reverse_proxy.header.X-User-Id}`).
 fn allowed(snap: &Snapshot, grant: &Grant) -> Response<Body> {
-    let route = snap.routes.get(grant.route);
     let mut resp = crate::response::empty(StatusCode::OK);
     let headers = resp.headers_mut();
-    for name in identity_headers(route) {
+    for name in snap
+        .routes
+        .iter()
+        .flat_map(|(_, route)| identity_headers(route))
+    {
         let value = grant
             .identity
             .iter()
