@@ -337,6 +337,8 @@ pub struct OidcClient {
     redirect: RedirectUrl,
     /// `Path` of the state cookie: the callback's path, so the cookie goes nowhere else.
     cookie_path: String,
+    /// Whether the configured callback is https (a login started with another callback URL
+    /// goes by that one's scheme).
     secure_cookie: bool,
     http: reqwest::Client,
     cached: ArcSwapOption<Cached>,
@@ -427,13 +429,15 @@ impl OidcClient {
         now: u64,
     ) -> Result<StartLogin, OidcError> {
         let discovered = self.discovered().await?;
-        let redirect = match redirect {
+        // The state cookie is `Secure` when this login's callback is https: a derived
+        // callback may be https while the configured one (or its placeholder) is not.
+        let (redirect, secure) = match redirect {
             Some(r) => {
-                parse_redirect(r)
+                let url = parse_redirect(r)
                     .map_err(|_| OidcError::Internal("the callback URL is not valid"))?;
-                r.to_owned()
+                (r.to_owned(), url.scheme() == "https")
             }
-            None => self.settings.redirect_url.clone(),
+            None => (self.settings.redirect_url.clone(), self.secure_cookie),
         };
         let pending = Pending {
             provider: self.settings.name.clone(),
@@ -449,7 +453,7 @@ impl OidcClient {
             .map_err(|_| OidcError::Internal("cannot encode the login state"))?;
         let cookie_value = seal(sealing_key, &cookie_name, &plain)?;
         let authorize_url = self.authorize_url(&discovered, &pending);
-        let set_cookie = self.cookie_header(&cookie_name, &cookie_value, STATE_TTL_SECS);
+        let set_cookie = self.cookie_header(&cookie_name, &cookie_value, STATE_TTL_SECS, secure);
         Ok(StartLogin {
             authorize_url,
             cookie_name,
@@ -497,7 +501,12 @@ impl OidcClient {
             claims,
             next: pending.next,
             id_token,
-            clear_cookie: self.cookie_header(&cookie_name, "", 0),
+            clear_cookie: self.cookie_header(
+                &cookie_name,
+                "",
+                0,
+                pending.redirect.starts_with("https:"),
+            ),
         })
     }
 
@@ -506,7 +515,8 @@ impl OidcClient {
     /// well-formed state.
     pub fn clear_state_cookie(&self, query: &str) -> Option<String> {
         let state = Callback::parse(query).ok()?.state?;
-        is_random_token(&state).then(|| self.cookie_header(&state_cookie_name(&state), "", 0))
+        is_random_token(&state)
+            .then(|| self.cookie_header(&state_cookie_name(&state), "", 0, self.secure_cookie))
     }
 
     /// The RP-initiated logout URL (OpenID Connect RP-Initiated Logout 1.0) when the
@@ -764,12 +774,12 @@ impl OidcClient {
         Ok((pending, name))
     }
 
-    fn cookie_header(&self, name: &str, value: &str, max_age: u64) -> String {
+    fn cookie_header(&self, name: &str, value: &str, max_age: u64, secure: bool) -> String {
         let mut cookie = format!(
             "{name}={value}; Path={}; Max-Age={max_age}; HttpOnly; SameSite=Lax",
             self.cookie_path
         );
-        if self.secure_cookie {
+        if secure {
             cookie.push_str("; Secure");
         }
         cookie

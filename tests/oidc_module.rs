@@ -191,6 +191,52 @@ async fn unsafe_next_becomes_root_and_bob_gets_his_own_claims() {
 }
 
 #[tokio::test]
+async fn the_state_cookie_is_secure_when_the_logins_own_callback_is_https() {
+    // Configured with an http callback; the gateway derives an https one per request (its
+    // listener speaks TLS): that login's cookie is Secure, and so is its removal.
+    let op = provider();
+    let mut s = settings(&op, "corp", "authgate");
+    s.redirect_url = "http://gw.test/auth/oidc/corp/callback".into();
+    let rp = OidcClient::new(s).unwrap();
+    let start = rp
+        .start_at("/", Some(&callback("corp")), &SEALING_KEY, unix_now())
+        .await
+        .unwrap();
+    assert!(
+        start.set_cookie.ends_with("; SameSite=Lax; Secure"),
+        "{}",
+        start.set_cookie
+    );
+    let query = Browser::new()
+        .login(&start.authorize_url, "alice", "alice-pw", &callback("corp"))
+        .await;
+    let done = finish(&rp, &start, &query).await.expect("login succeeds");
+    assert!(
+        done.clear_cookie
+            .ends_with("; Max-Age=0; HttpOnly; SameSite=Lax; Secure"),
+        "{}",
+        done.clear_cookie
+    );
+
+    // And the other way round: a login started with an http callback is not.
+    let rp = OidcClient::new(settings(&op, "corp", "authgate")).unwrap();
+    let plain = rp
+        .start_at(
+            "/",
+            Some("http://127.0.0.1:8080/auth/oidc/corp/callback"),
+            &SEALING_KEY,
+            unix_now(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        plain.set_cookie.ends_with("; SameSite=Lax"),
+        "{}",
+        plain.set_cookie
+    );
+}
+
+#[tokio::test]
 async fn the_provider_requires_pkce() {
     let op = provider();
     let rp = rp(&op);

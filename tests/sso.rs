@@ -1152,6 +1152,56 @@ async fn an_unreachable_provider_is_a_quick_502_page_and_the_rest_still_works() 
 }
 
 #[tokio::test]
+async fn over_https_the_state_cookie_is_secure_and_the_callback_is_https() {
+    let op = provider();
+    let pki = common::pki::Pki::new("test CA");
+    let server = pki.server(&["localhost"], 1);
+    let yaml = config(&[sso("corp", &op.issuer, "")], false)
+        .replace("cookie: { secure: false }\n", "")
+        .replace(
+            "listen: \"127.0.0.1:0\"\n",
+            "listen: \"127.0.0.1:0\"\nserver:\n  tls:\n    cert_file: server.crt\n    key_file: server.key\n",
+        );
+    let up = Upstream::start().await;
+    let files: [(&str, &[u8]); 2] = [
+        ("server.crt", server.cert.as_bytes()),
+        ("server.key", server.key.as_bytes()),
+    ];
+    let gw = Gateway::start_with_files(&yaml, &up.url(), &files).await;
+    let r = common::pki::https_get(
+        gw.addr(),
+        &pki.ca_pem(),
+        None,
+        &[b"http/1.1"],
+        "/auth/oidc/corp/start?next=%2Fapp%2Fx",
+        &[HTML],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 302, "{:?}", r.body);
+    let authorize = Url::parse(r.headers["location"].to_str().unwrap()).unwrap();
+    let redirect = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned());
+    assert_eq!(
+        redirect,
+        Some(format!(
+            "https://localhost:{}/auth/oidc/corp/callback",
+            gw.addr().port()
+        ))
+    );
+    let cookie = r.headers["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with("authgate_oidc_"), "{cookie}");
+    assert!(
+        cookie.ends_with(
+            "; Path=/auth/oidc/corp/callback; Max-Age=600; HttpOnly; SameSite=Lax; Secure"
+        ),
+        "a login started over HTTPS keeps its state cookie to HTTPS: {cookie}"
+    );
+}
+
+#[tokio::test]
 async fn authgate_revoke_by_sub_ends_an_sso_users_sessions() {
     let op = provider();
     let yaml = config(&[sso("corp", &op.issuer, "")], false).replace(
