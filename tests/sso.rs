@@ -221,6 +221,10 @@ fn assert_refused(page: &Page, status: u16, why: &str) {
         "the alert {message:?} does not say {why:?}"
     );
     assert!(
+        message.starts_with(|c: char| c.is_ascii_uppercase()) && message.ends_with('.'),
+        "the alert {message:?} is not a sentence"
+    );
+    assert!(
         !page.sets_cookie("authgate_session"),
         "a refused login set a session cookie: {:?}",
         page.set_cookies()
@@ -1110,8 +1114,13 @@ async fn an_unreachable_provider_is_a_quick_502_page_and_the_rest_still_works() 
         assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
         let message = alert(&r.text()).unwrap();
         assert!(
-            message.contains("configuration could not be loaded"),
+            message.starts_with("The identity provider's configuration could not be loaded: ")
+                && message.ends_with('.'),
             "{message}"
+        );
+        assert!(
+            !message.contains(&issuer),
+            "no provider URL on the page: {message}"
         );
         assert!(r.headers.get("set-cookie").is_none(), "{:?}", r.headers);
         assert!(

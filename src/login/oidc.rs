@@ -196,14 +196,17 @@ impl Provider {
     }
 }
 
-/// An error page: the login page with the message, 401 (403 when the user was refused).
+/// An error page: the login page with the message, 401 (403 when the user was refused). The
+/// message is said as a sentence, as the password form's errors are (`OidcError`'s texts
+/// start in lower case).
 fn error_page(
     login: &Login,
     services: &Services<'_>,
     status: StatusCode,
     message: &str,
 ) -> Response<Body> {
-    login.page(services.next, status, "/", "", Some(message))
+    let message = super::capitalize(message);
+    login.page(services.next, status, "/", "", Some(&message))
 }
 
 impl Login {
