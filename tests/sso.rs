@@ -708,6 +708,53 @@ async fn the_callback_opens_only_with_this_browsers_intact_unused_state() {
 }
 
 #[tokio::test]
+async fn a_login_in_progress_survives_a_reload_and_its_callback_stays_single_use() {
+    let op = provider();
+    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let mut browser = Browser::navigating();
+    let callback = to_callback(&mut browser, &sso_, "corp", "/app/kept", ALICE).await;
+    let state = common::oidc::query_param(callback.query().unwrap(), "state").unwrap();
+    let cookie_name = format!("authgate_oidc_{}", &state[..16]);
+    let sealed = browser.cookie(&callback, &cookie_name).unwrap();
+
+    // Started before a reload, finished after it: the state cookie still opens.
+    assert!(authgate::server::reload(
+        &sso_.gw.handle.gateway,
+        &sso_.gw.config_path()
+    ));
+    let page = browser.fetch(Step::Get(callback.clone())).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(target(page.location.as_ref().unwrap()), "/app/kept");
+    assert_eq!(payload(&sso_.session(&browser).unwrap())["sub"], "alice");
+
+    // Another reload forgets which states were used; the provider still takes each code
+    // only once, so a replay with the captured state cookie opens nothing.
+    assert!(authgate::server::reload(
+        &sso_.gw.handle.gateway,
+        &sso_.gw.config_path()
+    ));
+    let replay = format!("{cookie_name}={sealed}");
+    let r = sso_
+        .gw
+        .get(&target(&callback), &[HTML, ("cookie", &replay)])
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let message = alert(&r.text()).unwrap();
+    assert!(
+        message.contains("could not be exchanged: invalid_grant"),
+        "{message}"
+    );
+    assert!(
+        !r.headers
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("authgate_session=")),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[tokio::test]
 async fn access_denied_at_the_provider_is_a_403_page_and_no_session() {
     let op = provider();
     let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
@@ -1093,6 +1140,46 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
     .await;
     assert_eq!(r.status, 303);
     assert_eq!(r.headers["location"], "/auth/login");
+}
+
+#[tokio::test]
+async fn logout_after_a_reload_still_signs_out_at_the_provider() {
+    let op = provider();
+    let only = sso("corp", &op.issuer, "      auto_redirect: true\n");
+    let sso_ = Sso::start(&config(&[only], false)).await;
+    let mut browser = Browser::navigating();
+    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
+
+    // The gateway reloads its config (or restarts, with a durable store): the session goes
+    // on, and logging out still ends it at the provider too.
+    assert!(authgate::server::reload(
+        &sso_.gw.handle.gateway,
+        &sso_.gw.config_path()
+    ));
+    let page = browser
+        .fetch(Step::Post(sso_.url("/auth/logout"), Vec::new()))
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let location = page.location.clone().unwrap();
+    assert!(
+        location
+            .as_str()
+            .starts_with(&format!("{}/session/end?client_id=authgate&", op.issuer)),
+        "{location}"
+    );
+    assert_eq!(sso_.session(&browser), None);
+    // Following it: the provider's "Sign out?" page. (Sent to the login page instead, the
+    // browser would be signed straight back in by auto_redirect and the provider's session.)
+    let pages = browser.browse(&location, None).await;
+    let last = pages.last().unwrap();
+    assert_eq!(
+        (last.status, last.url.path()),
+        (200, "/session/end"),
+        "{:#?}",
+        summary(&pages)
+    );
+    assert_eq!(sso_.session(&browser), None, "{:#?}", summary(&pages));
 }
 
 #[tokio::test]

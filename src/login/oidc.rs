@@ -186,12 +186,18 @@ impl Provider {
             .then(|| origin(view).map(|o| format!("{o}{}", self.callback_path)))?
     }
 
-    /// The provider's logout URL (RP-initiated logout), when it publishes one.
-    pub fn logout_url(&self, view: &RequestView<'_>, login_path: &str) -> Option<String> {
+    /// The provider's logout URL (RP-initiated logout), when it publishes one. Its discovery
+    /// document is loaded first when this process has none yet: a session outlives a reload
+    /// or a restart, which start with none.
+    pub async fn logout_url(&self, view: &RequestView<'_>, login_path: &str) -> Option<String> {
         let back = match &self.post_logout {
             Some(url) => url.clone(),
             None => format!("{}{login_path}", origin(view)?),
         };
+        if !self.client.is_discovered() {
+            // A failure is logged by `discover`; the browser then goes to the login page.
+            let _ = self.client.discover().await;
+        }
         self.client.logout_url(None, &back)
     }
 }
