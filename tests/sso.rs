@@ -60,7 +60,7 @@ fn provider() -> Op {
 
 /// One `login.oidc` entry; `extra` holds more keys, indented six spaces. Unless `extra` maps
 /// claims itself, `email` and `groups` are copied into authgate's token.
-fn sso(name: &str, issuer: &str, extra: &str) -> String {
+fn provider_entry(name: &str, issuer: &str, extra: &str) -> String {
     let claims = if extra.contains("claims:") {
         ""
     } else {
@@ -273,12 +273,12 @@ fn session_cookie(token: &str) -> String {
 #[tokio::test]
 async fn a_protected_page_leads_through_the_provider_back_to_the_app_as_the_providers_user() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], false)).await;
     let mut browser = Browser::navigating();
 
     // Not signed in: the protected page sends the browser to the login page, which offers
     // the provider with the page kept in `next`.
-    let pages = browser.browse(&sso_.url("/app/reports?week=3"), None).await;
+    let pages = browser.browse(&sso.url("/app/reports?week=3"), None).await;
     assert_eq!(pages.len(), 2, "{:#?}", summary(&pages));
     assert_eq!(pages[0].status, 302);
     assert_eq!(
@@ -318,7 +318,7 @@ async fn a_protected_page_leads_through_the_provider_back_to_the_app_as_the_prov
     assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
     assert_eq!(
         param("redirect_uri"),
-        Some(sso_.callback("corp")),
+        Some(sso.callback("corp")),
         "derived from the request's host"
     );
     let state = param("state").unwrap();
@@ -372,7 +372,7 @@ async fn a_protected_page_leads_through_the_provider_back_to_the_app_as_the_prov
     );
 
     // authgate's own token, with the provider's user and the mapped claims.
-    let token = sso_.session(&browser).expect("a session cookie");
+    let token = sso.session(&browser).expect("a session cookie");
     let claims = payload(&token);
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["idp"], "corp");
@@ -388,7 +388,7 @@ async fn a_protected_page_leads_through_the_provider_back_to_the_app_as_the_prov
     assert_eq!(jose_header(&token)["alg"], "HS256");
 
     // What the upstream got: the identity, and none of the login's cookies.
-    let seen = sso_.up.only();
+    let seen = sso.up.only();
     assert_eq!(
         (seen.method.as_str(), seen.target.as_str()),
         ("GET", "/app/reports?week=3")
@@ -400,11 +400,11 @@ async fn a_protected_page_leads_through_the_provider_back_to_the_app_as_the_prov
     assert!(seen.headers.get("x-team").is_none(), "team is not mapped");
     assert!(seen.headers.get("cookie").is_none(), "{:?}", seen.headers);
     assert!(seen.headers.get("authorization").is_none());
-    sso_.up.clear();
+    sso.up.clear();
 
     // A client's own identity headers never pass: the gateway's replace them.
     let cookie = session_cookie(&token);
-    let r = sso_
+    let r = sso
         .gw
         .get(
             "/app/me",
@@ -419,7 +419,7 @@ async fn a_protected_page_leads_through_the_provider_back_to_the_app_as_the_prov
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let seen = sso_.up.only();
+    let seen = sso.up.only();
     let all = |name: &str| -> Vec<String> {
         seen.headers
             .get_all(name)
@@ -432,14 +432,14 @@ async fn a_protected_page_leads_through_the_provider_back_to_the_app_as_the_prov
     assert_eq!(all("x-groups"), vec!["admins,dev"]);
     assert_eq!(all("x-idp"), vec!["corp"]);
     assert!(all("x-team").is_empty(), "a claim-less header is removed");
-    sso_.up.clear();
+    sso.up.clear();
 
     // Without the session, the same headers get an API client a 401 and reach nothing.
-    sso_.gw
+    sso.gw
         .get("/app/me", &[("x-user-id", "alice"), ("x-idp", "corp")])
         .await
         .assert_error(401, "invalid_token", "no token");
-    assert!(sso_.up.seen().is_empty());
+    assert!(sso.up.seen().is_empty());
 }
 
 #[tokio::test]
@@ -447,17 +447,21 @@ async fn two_providers_are_offered_and_each_login_names_its_provider() {
     let (corp, other) = (provider(), provider());
     let yaml = config(
         &[
-            sso("corp", &corp.issuer, ""),
-            sso("other", &other.issuer, ""),
+            provider_entry("corp", &corp.issuer, ""),
+            provider_entry(
+                "other",
+                &other.issuer,
+                "      post_logout_redirect_url: \"http://127.0.0.1/signed-out\"\n",
+            ),
         ],
         true,
     );
-    let sso_ = Sso::start(&yaml).await;
+    let sso = Sso::start(&yaml).await;
 
     // The login page: both providers, in config order, and the password form.
     let mut first = Browser::navigating();
     let login = first
-        .fetch(Step::Get(sso_.url("/auth/login?next=%2Fapp%2Fx")))
+        .fetch(Step::Get(sso.url("/auth/login?next=%2Fapp%2Fx")))
         .await;
     assert_eq!(login.status, 200);
     assert_eq!(
@@ -482,7 +486,7 @@ async fn two_providers_are_offered_and_each_login_names_its_provider() {
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
     let mut second = Browser::navigating();
     let login = second
-        .fetch(Step::Get(sso_.url("/auth/login?next=%2Fapp%2Fy")))
+        .fetch(Step::Get(sso.url("/auth/login?next=%2Fapp%2Fy")))
         .await;
     let pages = second.browse(&sso_link(&login, "other"), Some(BOB)).await;
     assert!(
@@ -497,8 +501,8 @@ async fn two_providers_are_offered_and_each_login_names_its_provider() {
     );
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
 
-    let alice = payload(&sso_.session(&first).unwrap());
-    let bob = payload(&sso_.session(&second).unwrap());
+    let alice = payload(&sso.session(&first).unwrap());
+    let bob = payload(&sso.session(&second).unwrap());
     assert_eq!(
         (&alice["sub"], &alice["idp"]),
         (&json!("alice"), &json!("corp"))
@@ -507,7 +511,7 @@ async fn two_providers_are_offered_and_each_login_names_its_provider() {
     assert_eq!(bob["groups"], json!([]));
     assert_ne!(alice["sid"], bob["sid"]);
 
-    let seen = sso_.up.seen();
+    let seen = sso.up.seen();
     assert_eq!(seen.len(), 2, "{seen:#?}");
     assert_eq!(seen[0].target, "/app/x");
     assert_eq!(seen[0].headers["x-user-id"], "alice");
@@ -521,13 +525,13 @@ async fn two_providers_are_offered_and_each_login_names_its_provider() {
     // corp's answer taken to the other provider's callback (with corp's state cookie sent
     // along by hand) opens nothing.
     let mut third = Browser::navigating();
-    let url = to_callback(&mut third, &sso_, "corp", "/app/z", ALICE).await;
-    let crossed = sso_.url(&format!(
+    let url = to_callback(&mut third, &sso, "corp", "/app/z", ALICE).await;
+    let crossed = sso.url(&format!(
         "/auth/oidc/other/callback?{}",
         url.query().unwrap()
     ));
     let cookie = third.cookie_header(&url).expect("the state cookie");
-    let r = sso_
+    let r = sso
         .gw
         .get(&target(&crossed), &[HTML, ("cookie", &cookie)])
         .await;
@@ -540,16 +544,41 @@ async fn two_providers_are_offered_and_each_login_names_its_provider() {
         "{:?}",
         r.headers
     );
-    assert_eq!(sso_.up.seen().len(), 2);
+    assert_eq!(sso.up.seen().len(), 2);
+
+    // Each logout goes to the end-session endpoint of the provider that signed the user in,
+    // with that provider's way back.
+    let back_here = sso.url("/auth/login").to_string();
+    for (browser, op, back) in [
+        (&mut first, &corp, back_here.as_str()),
+        (&mut second, &other, "http://127.0.0.1/signed-out"),
+    ] {
+        let page = browser
+            .fetch(Step::Post(sso.url("/auth/logout"), Vec::new()))
+            .await;
+        assert_eq!(page.status, 303, "{}", page.body);
+        let location = page.location.unwrap();
+        assert!(
+            location
+                .as_str()
+                .starts_with(&format!("{}/session/end?", op.issuer)),
+            "{location}"
+        );
+        assert_eq!(
+            common::oidc::query_param(location.query().unwrap(), "post_logout_redirect_uri")
+                .as_deref(),
+            Some(back)
+        );
+    }
 }
 
 #[tokio::test]
 async fn auto_redirect_skips_the_login_page_when_the_provider_is_the_only_way_in() {
     let op = provider();
-    let only = sso("corp", &op.issuer, "      auto_redirect: true\n");
-    let sso_ = Sso::start(&config(std::slice::from_ref(&only), false)).await;
+    let only = provider_entry("corp", &op.issuer, "      auto_redirect: true\n");
+    let sso = Sso::start(&config(std::slice::from_ref(&only), false)).await;
     let mut browser = Browser::navigating();
-    let pages = browser.browse(&sso_.url("/app/x?y=1"), Some(ALICE)).await;
+    let pages = browser.browse(&sso.url("/app/x?y=1"), Some(ALICE)).await;
     let hops: Vec<(u16, String)> = pages
         .iter()
         .take(3)
@@ -583,7 +612,7 @@ async fn auto_redirect_skips_the_login_page_when_the_provider_is_the_only_way_in
         "{:#?}",
         summary(&pages)
     );
-    assert_eq!(sso_.up.only().headers["x-user-id"], "alice");
+    assert_eq!(sso.up.only().headers["x-user-id"], "alice");
 
     // With password users too, the login page is shown: SSO is not the only way in.
     let both = Sso::start(&config(&[only], true)).await;
@@ -601,9 +630,9 @@ async fn auto_redirect_skips_the_login_page_when_the_provider_is_the_only_way_in
 #[tokio::test]
 async fn the_callback_opens_only_with_this_browsers_intact_unused_state() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], false)).await;
     let mut browser = Browser::navigating();
-    let callback = to_callback(&mut browser, &sso_, "corp", "/app/mine", ALICE).await;
+    let callback = to_callback(&mut browser, &sso, "corp", "/app/mine", ALICE).await;
     let state = common::oidc::query_param(callback.query().unwrap(), "state").unwrap();
     let cookie_name = format!("authgate_oidc_{}", &state[..16]);
     let sealed = browser
@@ -643,7 +672,7 @@ async fn the_callback_opens_only_with_this_browsers_intact_unused_state() {
     // The state of another login: that login's sealed cookie under this login's name, and
     // this response with another state of the same cookie name.
     let mut other = Browser::navigating();
-    let other_callback = to_callback(&mut other, &sso_, "corp", "/app/other", BOB).await;
+    let other_callback = to_callback(&mut other, &sso, "corp", "/app/other", BOB).await;
     let other_state = common::oidc::query_param(other_callback.query().unwrap(), "state").unwrap();
     let other_sealed = other
         .cookie(
@@ -663,11 +692,11 @@ async fn the_callback_opens_only_with_this_browsers_intact_unused_state() {
     );
     let page = browser
         .fetch(Step::Get(
-            sso_.url(&format!("/auth/oidc/corp/callback?{changed}")),
+            sso.url(&format!("/auth/oidc/corp/callback?{changed}")),
         ))
         .await;
     assert_refused(&page, 401, "does not match");
-    assert!(sso_.up.seen().is_empty());
+    assert!(sso.up.seen().is_empty());
 
     // None of that used the login up: with its own cookie, the callback signs alice in.
     set_state(&mut browser, &sealed);
@@ -675,11 +704,11 @@ async fn the_callback_opens_only_with_this_browsers_intact_unused_state() {
     assert_eq!(page.status, 303, "{}", page.body);
     assert_eq!(target(page.location.as_ref().unwrap()), "/app/mine");
     assert!(page.sets_cookie("authgate_session"));
-    assert_eq!(payload(&sso_.session(&browser).unwrap())["sub"], "alice");
+    assert_eq!(payload(&sso.session(&browser).unwrap())["sub"], "alice");
 
     // Replayed, with the state cookie it had (say, captured): refused, no new session.
     let replay = format!("{cookie_name}={sealed}");
-    let r = sso_
+    let r = sso
         .gw
         .get(&target(&callback), &[HTML, ("cookie", &replay)])
         .await;
@@ -704,37 +733,37 @@ async fn the_callback_opens_only_with_this_browsers_intact_unused_state() {
     // The other login is still good in its own browser.
     let page = other.fetch(Step::Get(other_callback)).await;
     assert_eq!(page.status, 303, "{}", page.body);
-    assert_eq!(payload(&sso_.session(&other).unwrap())["sub"], "bob");
+    assert_eq!(payload(&sso.session(&other).unwrap())["sub"], "bob");
 }
 
 #[tokio::test]
 async fn a_login_in_progress_survives_a_reload_and_its_callback_stays_single_use() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], false)).await;
     let mut browser = Browser::navigating();
-    let callback = to_callback(&mut browser, &sso_, "corp", "/app/kept", ALICE).await;
+    let callback = to_callback(&mut browser, &sso, "corp", "/app/kept", ALICE).await;
     let state = common::oidc::query_param(callback.query().unwrap(), "state").unwrap();
     let cookie_name = format!("authgate_oidc_{}", &state[..16]);
     let sealed = browser.cookie(&callback, &cookie_name).unwrap();
 
     // Started before a reload, finished after it: the state cookie still opens.
     assert!(authgate::server::reload(
-        &sso_.gw.handle.gateway,
-        &sso_.gw.config_path()
+        &sso.gw.handle.gateway,
+        &sso.gw.config_path()
     ));
     let page = browser.fetch(Step::Get(callback.clone())).await;
     assert_eq!(page.status, 303, "{}", page.body);
     assert_eq!(target(page.location.as_ref().unwrap()), "/app/kept");
-    assert_eq!(payload(&sso_.session(&browser).unwrap())["sub"], "alice");
+    assert_eq!(payload(&sso.session(&browser).unwrap())["sub"], "alice");
 
     // Another reload forgets which states were used; the provider still takes each code
     // only once, so a replay with the captured state cookie opens nothing.
     assert!(authgate::server::reload(
-        &sso_.gw.handle.gateway,
-        &sso_.gw.config_path()
+        &sso.gw.handle.gateway,
+        &sso.gw.config_path()
     ));
     let replay = format!("{cookie_name}={sealed}");
-    let r = sso_
+    let r = sso
         .gw
         .get(&target(&callback), &[HTML, ("cookie", &replay)])
         .await;
@@ -757,10 +786,10 @@ async fn a_login_in_progress_survives_a_reload_and_its_callback_stays_single_use
 #[tokio::test]
 async fn access_denied_at_the_provider_is_a_403_page_and_no_session() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], false)).await;
     op.deny_next().await;
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     let callback = pages.last().unwrap();
     assert_eq!(callback.url.path(), "/auth/oidc/corp/callback");
     assert_eq!(
@@ -768,8 +797,8 @@ async fn access_denied_at_the_provider_is_a_403_page_and_no_session() {
         Some("access_denied")
     );
     assert_refused(callback, 403, "identity provider denied access");
-    assert_eq!(sso_.session(&browser), None);
-    assert!(sso_.up.seen().is_empty());
+    assert_eq!(sso.session(&browser), None);
+    assert!(sso.up.seen().is_empty());
 
     // The page offers the provider again (the page asked for is not known any more: the
     // refused response's state is not opened for it), and the next attempt goes through.
@@ -779,30 +808,34 @@ async fn access_denied_at_the_provider_is_a_403_page_and_no_session() {
     let callback = callback_page(&pages, "corp");
     assert_eq!(callback.status, 303, "{:#?}", summary(&pages));
     assert_eq!(callback.headers["location"], "/");
-    assert_eq!(payload(&sso_.session(&browser).unwrap())["sub"], "alice");
+    assert_eq!(payload(&sso.session(&browser).unwrap())["sub"], "alice");
 }
 
 #[tokio::test]
 async fn allow_refuses_users_outside_the_group_and_admits_its_members() {
     let op = provider();
     let yaml = config(
-        &[sso("corp", &op.issuer, "      allow: { groups: admins }\n")],
+        &[provider_entry(
+            "corp",
+            &op.issuer,
+            "      allow: { groups: admins }\n",
+        )],
         false,
     );
-    let sso_ = Sso::start(&yaml).await;
+    let sso = Sso::start(&yaml).await;
 
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", BOB).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", BOB).await;
     let callback = callback_page(&pages, "corp");
     assert_eq!(pages.last().unwrap().url, callback.url, "no redirect after");
     assert_refused(callback, 403, "not allowed here (`groups`)");
-    assert_eq!(sso_.session(&browser), None);
+    assert_eq!(sso.session(&browser), None);
 
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     assert_eq!(callback_page(&pages, "corp").status, 303);
     assert_eq!(pages.last().unwrap().status, 200);
-    let seen = sso_.up.only();
+    let seen = sso.up.only();
     assert_eq!(seen.headers["x-user-id"], "alice");
     assert_eq!(seen.headers["x-groups"], "admins,dev");
 }
@@ -810,8 +843,8 @@ async fn allow_refuses_users_outside_the_group_and_admits_its_members() {
 #[tokio::test]
 async fn claims_mapping_sets_sub_and_nested_claims_and_a_missing_sub_claim_refuses() {
     let op = provider();
-    let sso_ = Sso::start(&config(
-        &[sso(
+    let sso = Sso::start(&config(
+        &[provider_entry(
             "corp",
             &op.issuer,
             "      claims: { sub: email, email: email, team: org.team, groups: groups }\n",
@@ -820,20 +853,20 @@ async fn claims_mapping_sets_sub_and_nested_claims_and_a_missing_sub_claim_refus
     ))
     .await;
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
-    let claims = payload(&sso_.session(&browser).unwrap());
+    let claims = payload(&sso.session(&browser).unwrap());
     assert_eq!(claims["sub"], "alice@example.test");
     assert_eq!(claims["team"], "blue");
     assert_eq!(claims["idp"], "corp");
-    let seen = sso_.up.only();
+    let seen = sso.up.only();
     assert_eq!(seen.headers["x-user-id"], "alice@example.test");
     assert_eq!(seen.headers["x-team"], "blue");
     assert_eq!(seen.headers["x-email"], "alice@example.test");
 
     // `sub` from a claim bob does not have: no login.
-    let sso_ = Sso::start(&config(
-        &[sso(
+    let sso = Sso::start(&config(
+        &[provider_entry(
             "corp",
             &op.issuer,
             "      claims: { sub: employee_id }\n",
@@ -842,12 +875,12 @@ async fn claims_mapping_sets_sub_and_nested_claims_and_a_missing_sub_claim_refus
     ))
     .await;
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", BOB).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", BOB).await;
     assert_refused(pages.last().unwrap(), 401, "sent no `employee_id`");
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     assert_eq!(pages.last().unwrap().status, 200);
-    assert_eq!(sso_.up.only().headers["x-user-id"], "E-1001");
+    assert_eq!(sso.up.only().headers["x-user-id"], "E-1001");
 }
 
 #[test]
@@ -855,12 +888,12 @@ fn mapping_onto_a_claim_authgate_sets_is_a_config_error_at_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = config(
         &[
-            sso(
+            provider_entry(
                 "corp",
                 "https://idp.example",
                 "      claims: { email: email, exp: email }\n",
             ),
-            sso(
+            provider_entry(
                 "other",
                 "https://idp2.example",
                 "      claims:\n        idp: hd\n",
@@ -907,7 +940,7 @@ fn mapping_onto_a_claim_authgate_sets_is_a_config_error_at_its_place() {
 #[tokio::test]
 async fn next_never_sends_the_browser_off_site() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], false)).await;
     let mut browser = Browser::navigating();
     for next in [
         "https://evil.example/",
@@ -921,7 +954,7 @@ async fn next_never_sends_the_browser_off_site() {
         // The login page's links already carry a safe next.
         let login = browser
             .fetch(Step::Get(
-                sso_.url(&format!("/auth/login?next={}", encode(next))),
+                sso.url(&format!("/auth/login?next={}", encode(next))),
             ))
             .await;
         assert_eq!(
@@ -930,12 +963,12 @@ async fn next_never_sends_the_browser_off_site() {
             "next {next:?}"
         );
         // And the start endpoint, asked directly, ends the login at `/`.
-        let pages = sign_in(&mut browser, &sso_, "corp", next, ALICE).await;
+        let pages = sign_in(&mut browser, &sso, "corp", next, ALICE).await;
         let callback = callback_page(&pages, "corp");
         assert_eq!(callback.status, 303, "next {next:?}: {}", callback.body);
         assert_eq!(
             callback.location.as_ref().unwrap().as_str(),
-            sso_.url("/").as_str(),
+            sso.url("/").as_str(),
             "next {next:?}"
         );
         assert_eq!(callback.headers["location"], "/", "next {next:?}");
@@ -953,7 +986,7 @@ async fn next_never_sends_the_browser_off_site() {
 #[tokio::test]
 async fn bad_id_tokens_are_401_pages_and_no_session() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], false)).await;
     let now = now();
     let mut browser = Browser::navigating();
     for (change, why) in [
@@ -968,7 +1001,7 @@ async fn bad_id_tokens_are_401_pages_and_no_session() {
         ),
     ] {
         op.next_id_token(change.clone()).await;
-        let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+        let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
         let page = pages.last().unwrap();
         assert_eq!(page.url.path(), "/auth/oidc/corp/callback", "{change}");
         assert_refused(page, 401, "ID token was refused");
@@ -977,21 +1010,21 @@ async fn bad_id_tokens_are_401_pages_and_no_session() {
             "{change}: {}",
             page.body
         );
-        assert_eq!(sso_.session(&browser), None, "{change}");
+        assert_eq!(sso.session(&browser), None, "{change}");
     }
-    assert!(sso_.up.seen().is_empty());
+    assert!(sso.up.seen().is_empty());
     // The provider's genuine token still signs in.
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
-    assert_eq!(sso_.up.only().headers["x-user-id"], "alice");
+    assert_eq!(sso.up.only().headers["x-user-id"], "alice");
 }
 
 #[tokio::test]
 async fn logins_go_on_across_a_signing_key_rotation_at_the_provider() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], false)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], false)).await;
     let mut before = Browser::navigating();
-    let pages = sign_in(&mut before, &sso_, "corp", "/app/before", ALICE).await;
+    let pages = sign_in(&mut before, &sso, "corp", "/app/before", ALICE).await;
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
     let fetches = op.jwks_fetches().await;
 
@@ -1003,7 +1036,7 @@ async fn logins_go_on_across_a_signing_key_rotation_at_the_provider() {
     );
 
     let mut after = Browser::navigating();
-    let pages = sign_in(&mut after, &sso_, "corp", "/app/after", BOB).await;
+    let pages = sign_in(&mut after, &sso, "corp", "/app/after", BOB).await;
     assert_eq!(
         callback_page(&pages, "corp").status,
         303,
@@ -1015,7 +1048,7 @@ async fn logins_go_on_across_a_signing_key_rotation_at_the_provider() {
         op.jwks_fetches().await > fetches,
         "the new kid made the gateway fetch the provider's keys again"
     );
-    let seen = sso_.up.seen();
+    let seen = sso.up.seen();
     assert_eq!(
         seen.iter()
             .map(|s| (s.target.as_str(), s.headers["x-user-id"].to_str().unwrap()))
@@ -1023,8 +1056,8 @@ async fn logins_go_on_across_a_signing_key_rotation_at_the_provider() {
         vec![("/app/before", "alice"), ("/app/after", "bob")]
     );
     // The first session is authgate's own token: the provider's rotation does not touch it.
-    let token = sso_.session(&before).unwrap();
-    let r = sso_
+    let token = sso.session(&before).unwrap();
+    let r = sso
         .gw
         .get("/app/still", &[("cookie", &session_cookie(&token))])
         .await;
@@ -1034,17 +1067,17 @@ async fn logins_go_on_across_a_signing_key_rotation_at_the_provider() {
 #[tokio::test]
 async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], true)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], true)).await;
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
-    let token = sso_.session(&browser).unwrap();
+    let token = sso.session(&browser).unwrap();
     let cookie = session_cookie(&token);
 
     // The logout form: the session cookie cleared, and off to the provider's end-session
     // endpoint, which is to send the browser back to the login page.
     let page = browser
-        .fetch(Step::Post(sso_.url("/auth/logout"), Vec::new()))
+        .fetch(Step::Post(sso.url("/auth/logout"), Vec::new()))
         .await;
     assert_eq!(page.status, 303, "{}", page.body);
     let location = page.location.clone().unwrap();
@@ -1067,7 +1100,7 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
             ("client_id".to_owned(), "authgate".to_owned()),
             (
                 "post_logout_redirect_uri".to_owned(),
-                sso_.url("/auth/login").to_string()
+                sso.url("/auth/login").to_string()
             ),
         ]
     );
@@ -1078,10 +1111,10 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
         "{:?}",
         page.set_cookies()
     );
-    assert_eq!(sso_.session(&browser), None);
+    assert_eq!(sso.session(&browser), None);
 
     // The session is revoked: the old cookie no longer opens anything.
-    let r = sso_.gw.get("/app/x", &[HTML, ("cookie", &cookie)]).await;
+    let r = sso.gw.get("/app/x", &[HTML, ("cookie", &cookie)]).await;
     assert_eq!(r.status, 302, "{}", r.text());
     assert!(
         r.headers["location"]
@@ -1089,11 +1122,11 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
             .unwrap()
             .starts_with("/auth/login?next=")
     );
-    sso_.gw
+    sso.gw
         .get("/app/x", &[("cookie", &cookie)])
         .await
         .assert_error(401, "invalid_token", "revoked");
-    assert_eq!(sso_.up.seen().len(), 1, "only the request before logout");
+    assert_eq!(sso.up.seen().len(), 1, "only the request before logout");
 
     // At the provider: its confirmation, then back to the gateway's login page.
     let confirm = browser.fetch(Step::Get(location.clone())).await;
@@ -1107,14 +1140,12 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
         .unwrap();
     let done = browser.fetch(Step::Post(action, form)).await;
     assert_eq!(done.status, 303, "{}", done.body);
-    assert_eq!(done.location.as_ref(), Some(&sso_.url("/auth/login")));
-    let pages = browser.browse(&sso_.url("/auth/login"), None).await;
+    assert_eq!(done.location.as_ref(), Some(&sso.url("/auth/login")));
+    let pages = browser.browse(&sso.url("/auth/login"), None).await;
     assert_eq!(pages.last().unwrap().status, 200);
 
     // Signed out there too: the next login asks for the password again.
-    let pages = browser
-        .browse(&sso_.start_url("corp", "/app/y"), None)
-        .await;
+    let pages = browser.browse(&sso.start_url("corp", "/app/y"), None).await;
     assert!(
         pages.last().unwrap().is_provider_login_form(),
         "{:#?}",
@@ -1123,7 +1154,7 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
 
     // A password user's logout stays here: back to the login page.
     let r = form_login(
-        &sso_.gw,
+        &sso.gw,
         &[("username", PASSWORD_USER), ("password", ALICE_PASSWORD)],
         &[],
     )
@@ -1131,7 +1162,7 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
     assert_eq!(r.status, 303, "{}", r.text());
     let local = session_from(&r);
     let r = send(
-        sso_.gw.addr(),
+        sso.gw.addr(),
         "POST",
         "/auth/logout",
         &[("cookie", &session_cookie(&local))],
@@ -1145,20 +1176,20 @@ async fn logout_revokes_the_session_and_signs_out_at_the_provider_too() {
 #[tokio::test]
 async fn logout_after_a_reload_still_signs_out_at_the_provider() {
     let op = provider();
-    let only = sso("corp", &op.issuer, "      auto_redirect: true\n");
-    let sso_ = Sso::start(&config(&[only], false)).await;
+    let only = provider_entry("corp", &op.issuer, "      auto_redirect: true\n");
+    let sso = Sso::start(&config(&[only], false)).await;
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
 
     // The gateway reloads its config (or restarts, with a durable store): the session goes
     // on, and logging out still ends it at the provider too.
     assert!(authgate::server::reload(
-        &sso_.gw.handle.gateway,
-        &sso_.gw.config_path()
+        &sso.gw.handle.gateway,
+        &sso.gw.config_path()
     ));
     let page = browser
-        .fetch(Step::Post(sso_.url("/auth/logout"), Vec::new()))
+        .fetch(Step::Post(sso.url("/auth/logout"), Vec::new()))
         .await;
     assert_eq!(page.status, 303, "{}", page.body);
     let location = page.location.clone().unwrap();
@@ -1168,7 +1199,7 @@ async fn logout_after_a_reload_still_signs_out_at_the_provider() {
             .starts_with(&format!("{}/session/end?client_id=authgate&", op.issuer)),
         "{location}"
     );
-    assert_eq!(sso_.session(&browser), None);
+    assert_eq!(sso.session(&browser), None);
     // Following it: the provider's "Sign out?" page. (Sent to the login page instead, the
     // browser would be signed straight back in by auto_redirect and the provider's session.)
     let pages = browser.browse(&location, None).await;
@@ -1179,21 +1210,20 @@ async fn logout_after_a_reload_still_signs_out_at_the_provider() {
         "{:#?}",
         summary(&pages)
     );
-    assert_eq!(sso_.session(&browser), None, "{:#?}", summary(&pages));
+    assert_eq!(sso.session(&browser), None, "{:#?}", summary(&pages));
 }
 
 #[tokio::test]
 async fn an_unreachable_provider_is_a_quick_502_page_and_the_rest_still_works() {
     let dead = dead_addr().await;
     let issuer = format!("http://{dead}");
-    let sso_ = Sso::start(&config(&[sso("corp", &issuer, "")], true)).await;
+    let sso = Sso::start(&config(&[provider_entry("corp", &issuer, "")], true)).await;
 
     for attempt in 0..2 {
         let started = Instant::now();
         let r = tokio::time::timeout(
             Duration::from_secs(5),
-            sso_.gw
-                .get("/auth/oidc/corp/start?next=%2Fapp%2Fx", &[HTML]),
+            sso.gw.get("/auth/oidc/corp/start?next=%2Fapp%2Fx", &[HTML]),
         )
         .await
         .unwrap_or_else(|_| panic!("attempt {attempt}: the start hung on a closed port"));
@@ -1218,11 +1248,11 @@ async fn an_unreachable_provider_is_a_quick_502_page_and_the_rest_still_works() 
     }
 
     // The login page still renders, with the link, and password logins and other routes work.
-    let r = sso_.gw.get("/auth/login?next=%2Fapp%2Fx", &[HTML]).await;
+    let r = sso.gw.get("/auth/login?next=%2Fapp%2Fx", &[HTML]).await;
     assert_eq!(r.status, 200);
     assert_eq!(sso_links(&r.text()).len(), 1);
     let r = form_login(
-        &sso_.gw,
+        &sso.gw,
         &[
             ("username", PASSWORD_USER),
             ("password", ALICE_PASSWORD),
@@ -1235,13 +1265,13 @@ async fn an_unreachable_provider_is_a_quick_502_page_and_the_rest_still_works() 
     assert_eq!(r.headers["location"], "/app/x");
     let token = session_from(&r);
     assert!(payload(&token).get("idp").is_none());
-    let r = sso_
+    let r = sso
         .gw
         .get("/app/x", &[("cookie", &session_cookie(&token))])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(sso_.gw.get("/public/y", &[]).await.status, 200);
-    let seen = sso_.up.seen();
+    assert_eq!(sso.gw.get("/public/y", &[]).await.status, 200);
+    let seen = sso.up.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(seen[0].headers["x-user-id"], PASSWORD_USER);
     assert!(seen[0].headers.get("x-idp").is_none());
@@ -1252,7 +1282,7 @@ async fn over_https_the_state_cookie_is_secure_and_the_callback_is_https() {
     let op = provider();
     let pki = common::pki::Pki::new("test CA");
     let server = pki.server(&["localhost"], 1);
-    let yaml = config(&[sso("corp", &op.issuer, "")], false)
+    let yaml = config(&[provider_entry("corp", &op.issuer, "")], false)
         .replace("cookie: { secure: false }\n", "")
         .replace(
             "listen: \"127.0.0.1:0\"\n",
@@ -1300,19 +1330,19 @@ async fn over_https_the_state_cookie_is_secure_and_the_callback_is_https() {
 #[tokio::test]
 async fn authgate_revoke_by_sub_ends_an_sso_users_sessions() {
     let op = provider();
-    let yaml = config(&[sso("corp", &op.issuer, "")], false).replace(
+    let yaml = config(&[provider_entry("corp", &op.issuer, "")], false).replace(
         "listen: \"127.0.0.1:0\"\n",
         "listen: \"127.0.0.1:0\"\nstate: { store: \"sqlite:state.db\" }\n",
     );
-    let sso_ = Sso::start(&yaml).await;
+    let sso = Sso::start(&yaml).await;
     let mut browser = Browser::navigating();
-    let pages = sign_in(&mut browser, &sso_, "corp", "/app/x", ALICE).await;
+    let pages = sign_in(&mut browser, &sso, "corp", "/app/x", ALICE).await;
     assert_eq!(pages.last().unwrap().status, 200, "{:#?}", summary(&pages));
-    let cookie = session_cookie(&sso_.session(&browser).unwrap());
+    let cookie = session_cookie(&sso.session(&browser).unwrap());
 
     let out = Command::new(env!("CARGO_BIN_EXE_authgate"))
         .args(["revoke", "--sub", "alice", "--config"])
-        .arg(sso_.gw.config_path())
+        .arg(sso.gw.config_path())
         .env_remove("AUTHGATE_CONFIG")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -1324,10 +1354,10 @@ async fn authgate_revoke_by_sub_ends_an_sso_users_sessions() {
         String::from_utf8_lossy(&out.stderr)
     );
     eventually("the revocation reaches the running gateway", || async {
-        sso_.gw.get("/app/x", &[("cookie", &cookie)]).await.status == 401
+        sso.gw.get("/app/x", &[("cookie", &cookie)]).await.status == 401
     })
     .await;
-    sso_.gw
+    sso.gw
         .get("/app/x", &[("cookie", &cookie)])
         .await
         .assert_error(401, "invalid_token", "revoked");
@@ -1336,7 +1366,7 @@ async fn authgate_revoke_by_sub_ends_an_sso_users_sessions() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut fresh = Browser::navigating();
-        let pages = sign_in(&mut fresh, &sso_, "corp", "/app/again", ALICE).await;
+        let pages = sign_in(&mut fresh, &sso, "corp", "/app/again", ALICE).await;
         if pages.last().unwrap().status == 200 {
             break;
         }
@@ -1411,8 +1441,8 @@ async fn run_sso_browser(options: &Value) -> (bool, String, String) {
 async fn chromium_signs_in_through_the_provider_and_out_again() {
     require_browser();
     let op = provider();
-    let sso_ = Sso::start(&config(&[sso("corp", &op.issuer, "")], true)).await;
-    let base = sso_.base.as_str().trim_end_matches('/').to_owned();
+    let sso = Sso::start(&config(&[provider_entry("corp", &op.issuer, "")], true)).await;
+    let base = sso.base.as_str().trim_end_matches('/').to_owned();
     let options = json!({
         "base": base,
         "protected": "/app/dashboard?tab=1",
@@ -1452,7 +1482,7 @@ async fn chromium_signs_in_through_the_provider_and_out_again() {
 
     // The upstream saw the one signed-in page load, as alice from corp, and nothing of the
     // session or the login's state.
-    let seen = sso_.up.seen();
+    let seen = sso.up.seen();
     assert_eq!(seen.len(), 1, "{seen:#?}");
     let page = &seen[0];
     assert_eq!(
