@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# node's jsonwebtoken for tests/interop_node.rs and playwright-core for tests/browser.rs, as
-# pinned by tests/node/package-lock.json.
+# node's jsonwebtoken for tests/interop_node.rs, oidc-provider for tests/oidc_module.rs and
+# tests/sso.rs, and playwright-core for tests/browser.rs and tests/sso.rs, as pinned by
+# tests/node/package-lock.json.
 # Installed only when node_modules is missing or older than the lockfile, so reruns stay fast.
 # (npm writes node_modules/.package-lock.json last, so an interrupted install is redone.)
 stamp=tests/node/node_modules/.package-lock.json
@@ -19,7 +20,8 @@ fi
 
 # Debian packages the tests run for real, each started by the tests themselves on free ports
 # (nothing is started here), installed in one apt-get run when any is missing:
-#   chromium      tests/browser.rs (driven by playwright-core; it never downloads a browser)
+#   chromium      tests/browser.rs, tests/sso.rs (driven by playwright-core; it never
+#                 downloads a browser)
 #   redis-server  tests/state_store.rs, tests/replicas.rs
 #   openssl       certificates for the Redis TLS test
 #   curl          a second HTTP/2 and TLS client in tests/tls.rs

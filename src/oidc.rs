@@ -337,6 +337,8 @@ pub struct OidcClient {
     redirect: RedirectUrl,
     /// `Path` of the state cookie: the callback's path, so the cookie goes nowhere else.
     cookie_path: String,
+    /// Whether the configured callback is https (a login started with another callback URL
+    /// goes by that one's scheme).
     secure_cookie: bool,
     http: reqwest::Client,
     cached: ArcSwapOption<Cached>,
@@ -427,13 +429,15 @@ impl OidcClient {
         now: u64,
     ) -> Result<StartLogin, OidcError> {
         let discovered = self.discovered().await?;
-        let redirect = match redirect {
+        // The state cookie is `Secure` when this login's callback is https: a derived
+        // callback may be https while the configured one (or its placeholder) is not.
+        let (redirect, secure) = match redirect {
             Some(r) => {
-                parse_redirect(r)
+                let url = parse_redirect(r)
                     .map_err(|_| OidcError::Internal("the callback URL is not valid"))?;
-                r.to_owned()
+                (r.to_owned(), url.scheme() == "https")
             }
-            None => self.settings.redirect_url.clone(),
+            None => (self.settings.redirect_url.clone(), self.secure_cookie),
         };
         let pending = Pending {
             provider: self.settings.name.clone(),
@@ -449,8 +453,6 @@ impl OidcClient {
             .map_err(|_| OidcError::Internal("cannot encode the login state"))?;
         let cookie_value = seal(sealing_key, &cookie_name, &plain)?;
         let authorize_url = self.authorize_url(&discovered, &pending);
-        // `Secure` follows the callback this login uses (derived per request when not fixed).
-        let secure = pending.redirect.starts_with("https://");
         let set_cookie = self.cookie_header(&cookie_name, &cookie_value, STATE_TTL_SECS, secure);
         Ok(StartLogin {
             authorize_url,
@@ -503,7 +505,7 @@ impl OidcClient {
                 &cookie_name,
                 "",
                 0,
-                pending.redirect.starts_with("https://"),
+                pending.redirect.starts_with("https:"),
             ),
         })
     }

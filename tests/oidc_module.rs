@@ -4,10 +4,11 @@
 //! "browser" (reqwest, no automatic redirects, a cookie jar of its own) follows the
 //! authorization redirect, fills in the provider's login form and stops at the redirect to
 //! our callback URL, whose query goes to `finish` with the cookies the gateway would have set.
+//! The provider harness and the browser live in tests/common/oidc.rs (tests/sso.rs uses them
+//! too).
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use authgate::clock::unix_now;
@@ -16,7 +17,8 @@ use http::HeaderMap;
 use reqwest::Url;
 use serde_json::{Value, json};
 
-const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+use common::oidc::{Browser, Op, Step, form_action, hidden_inputs, query_param, with_param};
+
 const GATEWAY: &str = "https://gw.test";
 const SECRET: &str = "s3cret-for-tests";
 const SEALING_KEY: [u8; 32] = [42; 32];
@@ -24,119 +26,6 @@ const POST_LOGOUT: &str = "https://gw.test/signed-out";
 
 fn callback(name: &str) -> String {
     format!("{GATEWAY}/auth/oidc/{name}/callback")
-}
-
-/// Panics, telling how to fix it, unless `node` runs and oidc-provider is installed.
-fn require_node() {
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "`node --version` failed ({}): these tests need Node.js and npm; install them, \
-             then run ./scripts/test.sh, which installs oidc-provider",
-            out.status
-        ),
-        Err(e) => panic!(
-            "cannot run `node` ({e}): these tests need Node.js and npm on PATH; install them, \
-             then run ./scripts/test.sh, which installs oidc-provider"
-        ),
-    }
-    let package = Path::new(NODE_DIR).join("node_modules/oidc-provider/package.json");
-    assert!(
-        package.is_file(),
-        "{} is missing: run ./scripts/test.sh, which installs oidc-provider (npm ci in \
-         tests/node) for these tests",
-        package.display()
-    );
-}
-
-/// One running tests/node/oidc-provider.js. Dropping it closes its stdin (it exits) and
-/// kills it to be sure.
-struct Op {
-    child: Child,
-    issuer: String,
-    hooks: reqwest::Client,
-}
-
-impl Drop for Op {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Op {
-    fn start(config: Value) -> Op {
-        require_node();
-        let mut child = Command::new("node")
-            .arg(Path::new(NODE_DIR).join("oidc-provider.js"))
-            .arg(config.to_string())
-            .current_dir(NODE_DIR)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run tests/node/oidc-provider.js ({e})"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the harness's ready line");
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-            panic!("oidc-provider.js did not start ({e}); its output: {line:?} (see stderr)")
-        });
-        Op {
-            child,
-            issuer: ready["issuer"].as_str().expect("issuer").to_owned(),
-            hooks: reqwest::Client::new(),
-        }
-    }
-
-    async fn hook(&self, name: &str, body: Value) -> Value {
-        let url = format!("{}/__test/{name}", self.issuer);
-        let req = if body.is_null() {
-            self.hooks.get(url)
-        } else {
-            self.hooks.post(url).body(body.to_string())
-        };
-        let resp = req.send().await.expect("test hook");
-        assert!(resp.status().is_success(), "hook {name}: {}", resp.status());
-        serde_json::from_str(&resp.text().await.expect("hook answer")).expect("hook json")
-    }
-
-    async fn rotate(&self) -> Value {
-        self.hook("rotate", json!({})).await
-    }
-
-    async fn deny_next(&self) {
-        self.hook("deny-next", json!({})).await;
-    }
-
-    async fn next_id_token(&self, change: Value) {
-        self.hook("next-id-token", change).await;
-    }
-
-    async fn last_token_request(&self) -> Value {
-        self.hook("last-token-request", Value::Null).await
-    }
-
-    async fn jwks_fetches(&self) -> u64 {
-        self.hook("jwks-fetches", Value::Null).await["count"]
-            .as_u64()
-            .expect("count")
-    }
-
-    async fn kids(&self) -> Vec<String> {
-        let resp = self.hooks.get(format!("{}/jwks", self.issuer)).send().await;
-        let text = resp.expect("jwks").text().await.expect("jwks body");
-        let jwks: Value = serde_json::from_str(&text).expect("jwks json");
-        jwks["keys"]
-            .as_array()
-            .expect("keys")
-            .iter()
-            .map(|k| k["kid"].as_str().expect("kid").to_owned())
-            .collect()
-    }
 }
 
 fn users() -> Value {
@@ -190,195 +79,6 @@ fn cookies(starts: &[&StartLogin]) -> HeaderMap {
         pairs.join("; ").parse().expect("cookie"),
     );
     headers
-}
-
-/// One stored cookie: the origin it came from, its path, name and value.
-struct StoredCookie {
-    origin: String,
-    path: String,
-    name: String,
-    value: String,
-}
-
-/// A minimal browser. Cookies are kept per origin (host and port): two providers here
-/// differ only by port, as they would by host in real life.
-struct Browser {
-    http: reqwest::Client,
-    jar: Vec<StoredCookie>,
-}
-
-enum Step {
-    Get(Url),
-    Post(Url, Vec<(String, String)>),
-}
-
-impl Browser {
-    fn new() -> Browser {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        Browser {
-            http,
-            jar: Vec::new(),
-        }
-    }
-
-    fn origin(url: &Url) -> String {
-        format!(
-            "{}:{}",
-            url.host_str().unwrap_or(""),
-            url.port_or_known_default().unwrap_or(0)
-        )
-    }
-
-    fn cookie_header(&self, url: &Url) -> Option<String> {
-        let origin = Self::origin(url);
-        let pairs: Vec<String> = self
-            .jar
-            .iter()
-            .filter(|c| c.origin == origin && path_matches(url.path(), &c.path))
-            .map(|c| format!("{}={}", c.name, c.value))
-            .collect();
-        (!pairs.is_empty()).then(|| pairs.join("; "))
-    }
-
-    fn store(&mut self, url: &Url, headers: &reqwest::header::HeaderMap) {
-        for value in headers.get_all(reqwest::header::SET_COOKIE) {
-            let text = value.to_str().expect("ascii set-cookie");
-            let mut parts = text.split(';').map(str::trim);
-            let (name, value) = parts.next().and_then(|p| p.split_once('=')).expect("pair");
-            let (mut path, mut delete) = ("/".to_owned(), false);
-            for attr in parts {
-                let lower = attr.to_ascii_lowercase();
-                if lower.starts_with("path=") {
-                    path = attr[5..].to_owned();
-                }
-                delete |= lower == "max-age=0"
-                    || (lower.starts_with("expires=") && lower.contains("1970"));
-            }
-            let origin = Self::origin(url);
-            self.jar
-                .retain(|c| !(c.origin == origin && c.path == path && c.name == name));
-            if !delete {
-                self.jar.push(StoredCookie {
-                    origin,
-                    path,
-                    name: name.to_owned(),
-                    value: value.to_owned(),
-                });
-            }
-        }
-    }
-
-    /// One request; returns status, final URL, `Location` (resolved) and body.
-    async fn request(&mut self, step: Step) -> (u16, Url, Option<Url>, String) {
-        let (url, builder) = match step {
-            Step::Get(url) => (url.clone(), self.http.get(url)),
-            Step::Post(url, form) => {
-                let body = form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(form)
-                    .finish();
-                let b = self
-                    .http
-                    .post(url.clone())
-                    .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body);
-                (url, b)
-            }
-        };
-        let builder = match self.cookie_header(&url) {
-            Some(c) => builder.header("cookie", c),
-            None => builder,
-        };
-        let resp = builder.send().await.expect("request to the provider");
-        self.store(&url, resp.headers());
-        let status = resp.status().as_u16();
-        let location = resp.headers().get("location").map(|l| {
-            url.join(l.to_str().expect("location"))
-                .expect("location url")
-        });
-        (status, url, location, resp.text().await.expect("body"))
-    }
-
-    /// Follows the authorization request through the provider's login form until it
-    /// redirects to `redirect_url`; returns that redirect's query.
-    async fn login(
-        &mut self,
-        authorize_url: &str,
-        user: &str,
-        password: &str,
-        redirect_url: &str,
-    ) -> String {
-        let mut step = Step::Get(Url::parse(authorize_url).expect("authorize url"));
-        for _ in 0..20 {
-            let (status, url, location, body) = self.request(step).await;
-            if let Some(location) = location {
-                if location.as_str().starts_with(redirect_url) {
-                    return location.query().unwrap_or("").to_owned();
-                }
-                step = Step::Get(location);
-                continue;
-            }
-            assert!(
-                status == 200 && body.contains("name=\"password\""),
-                "expected the provider's login form at {url}, got {status}: {body}"
-            );
-            let action = url.join(&form_action(&body)).expect("form action");
-            let form = vec![
-                ("username".to_owned(), user.to_owned()),
-                ("password".to_owned(), password.to_owned()),
-            ];
-            step = Step::Post(action, form);
-        }
-        panic!("no redirect to {redirect_url} after 20 steps");
-    }
-}
-
-fn path_matches(request: &str, cookie: &str) -> bool {
-    request == cookie
-        || (request.starts_with(cookie)
-            && (cookie.ends_with('/') || request[cookie.len()..].starts_with('/')))
-}
-
-/// The value of `name="..."` in an HTML tag, unescaping `&amp;`.
-fn attribute(tag: &str, name: &str) -> Option<String> {
-    let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
-    let end = tag[start..].find('"')? + start;
-    Some(tag[start..end].replace("&amp;", "&"))
-}
-
-fn form_action(body: &str) -> String {
-    let form = &body[body.find("<form").expect("a form")..];
-    attribute(&form[..form.find('>').expect("form tag")], "action").expect("form action")
-}
-
-/// Hidden inputs of the first form.
-fn hidden_inputs(body: &str) -> Vec<(String, String)> {
-    let form = &body[body.find("<form").expect("a form")..];
-    let form = &form[..form.find("</form>").expect("form end")];
-    form.split("<input")
-        .skip(1)
-        .filter_map(|tag| Some((attribute(tag, "name")?, attribute(tag, "value")?)))
-        .collect()
-}
-
-fn query_param(query: &str, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-fn with_param(query: &str, name: &str, value: &str) -> String {
-    form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form_urlencoded::parse(query.as_bytes()).map(|(k, v)| {
-            if k == name {
-                (k, value.to_owned().into())
-            } else {
-                (k, v)
-            }
-        }))
-        .finish()
 }
 
 /// Start, log in as alice, return the start and the callback query.
@@ -488,6 +188,52 @@ async fn unsafe_next_becomes_root_and_bob_gets_his_own_claims() {
     assert_eq!(done.claims["sub"], "bob");
     assert_eq!(done.claims["email_verified"], false);
     assert_eq!(done.claims["groups"], json!([]));
+}
+
+#[tokio::test]
+async fn the_state_cookie_is_secure_when_the_logins_own_callback_is_https() {
+    // Configured with an http callback; the gateway derives an https one per request (its
+    // listener speaks TLS): that login's cookie is Secure, and so is its removal.
+    let op = provider();
+    let mut s = settings(&op, "corp", "authgate");
+    s.redirect_url = "http://gw.test/auth/oidc/corp/callback".into();
+    let rp = OidcClient::new(s).unwrap();
+    let start = rp
+        .start_at("/", Some(&callback("corp")), &SEALING_KEY, unix_now())
+        .await
+        .unwrap();
+    assert!(
+        start.set_cookie.ends_with("; SameSite=Lax; Secure"),
+        "{}",
+        start.set_cookie
+    );
+    let query = Browser::new()
+        .login(&start.authorize_url, "alice", "alice-pw", &callback("corp"))
+        .await;
+    let done = finish(&rp, &start, &query).await.expect("login succeeds");
+    assert!(
+        done.clear_cookie
+            .ends_with("; Max-Age=0; HttpOnly; SameSite=Lax; Secure"),
+        "{}",
+        done.clear_cookie
+    );
+
+    // And the other way round: a login started with an http callback is not.
+    let rp = OidcClient::new(settings(&op, "corp", "authgate")).unwrap();
+    let plain = rp
+        .start_at(
+            "/",
+            Some("http://127.0.0.1:8080/auth/oidc/corp/callback"),
+            &SEALING_KEY,
+            unix_now(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        plain.set_cookie.ends_with("; SameSite=Lax"),
+        "{}",
+        plain.set_cookie
+    );
 }
 
 #[tokio::test]

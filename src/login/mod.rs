@@ -446,7 +446,7 @@ impl Login {
                 revoke_user(sub, services).await?;
             }
             user = verified.sub.clone();
-            provider_logout = self.provider_logout(&verified, view);
+            provider_logout = self.provider_logout(&verified, view).await;
         }
         let from_browser = matches!(found, Some((_, TokenSource::Cookie)))
             || is_navigation(&Method::GET, view.headers)
@@ -479,14 +479,14 @@ impl Login {
     }
 
     /// The logout URL of the provider that logged this token's user in, when it has one.
-    fn provider_logout(
+    async fn provider_logout(
         &self,
         verified: &crate::auth::VerifiedToken,
         view: &RequestView<'_>,
     ) -> Option<String> {
         let idp = verified.claims.get(oidc::IDP_CLAIM)?.as_str()?;
         let provider = self.providers.iter().find(|p| p.name == idp)?;
-        provider.logout_url(view, &self.path)
+        provider.logout_url(view, &self.path).await
     }
 
     /// Whether a logout asks to end every session: `?everywhere=1` (or `true`), a form field

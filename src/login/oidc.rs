@@ -186,24 +186,33 @@ impl Provider {
             .then(|| origin(view).map(|o| format!("{o}{}", self.callback_path)))?
     }
 
-    /// The provider's logout URL (RP-initiated logout), when it publishes one.
-    pub fn logout_url(&self, view: &RequestView<'_>, login_path: &str) -> Option<String> {
+    /// The provider's logout URL (RP-initiated logout), when it publishes one. Its discovery
+    /// document is loaded first when this process has none yet: a session outlives a reload
+    /// or a restart, which start with none.
+    pub async fn logout_url(&self, view: &RequestView<'_>, login_path: &str) -> Option<String> {
         let back = match &self.post_logout {
             Some(url) => url.clone(),
             None => format!("{}{login_path}", origin(view)?),
         };
+        if !self.client.is_discovered() {
+            // A failure is logged by `discover`; the browser then goes to the login page.
+            let _ = self.client.discover().await;
+        }
         self.client.logout_url(None, &back)
     }
 }
 
-/// An error page: the login page with the message, 401 (403 when the user was refused).
+/// An error page: the login page with the message, 401 (403 when the user was refused). The
+/// message is said as a sentence, as the password form's errors are (`OidcError`'s texts
+/// start in lower case).
 fn error_page(
     login: &Login,
     services: &Services<'_>,
     status: StatusCode,
     message: &str,
 ) -> Response<Body> {
-    login.page(services.next, status, "/", "", Some(message))
+    let message = super::capitalize(message);
+    login.page(services.next, status, "/", "", Some(&message))
 }
 
 impl Login {

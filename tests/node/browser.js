@@ -1,8 +1,17 @@
 // node browser.js BASE_URL SCREENSHOT_PNG
+// node browser.js sso '<options json>'
 //
 // Drives Debian's Chromium (/usr/bin/chromium, through playwright-core) through authgate's
-// browser login flow, for tests/browser.rs: protected page -> login page -> wrong password ->
-// right password -> back on the page asked for -> logout -> login page again.
+// browser login flows. Two scenarios:
+//   - password (tests/browser.rs): protected page -> login page -> wrong password -> right
+//     password -> back on the page asked for -> logout -> login page again.
+//   - sso (tests/sso.rs), options {"base", "protected", "provider", "user", "password",
+//     "expect", "cookie"}: protected page -> authgate's login page -> the "Sign in with
+//     PROVIDER" link -> the OpenID Provider's login form (a form with Username and Password
+//     labels and a "Sign in" button, as tests/node/oidc-provider.js serves) -> back on the
+//     page asked for, whose text includes `expect` -> a logout form posted from that page ->
+//     the provider's "Sign out?" page -> "Yes, sign me out" -> authgate's login page -> the
+//     protected page again shows the login page.
 // Prints a JSON summary and exits 0 when every check holds; otherwise prints what failed to
 // stderr and exits 1.
 'use strict';
@@ -28,9 +37,11 @@ const USER = 'alice';
 const PASSWORD = 'correct horse battery staple';
 const PROTECTED = '/app/dashboard?tab=1';
 
-const [base, screenshot] = process.argv.slice(2);
-if (!base || !screenshot) {
-  console.error('usage: node browser.js BASE_URL SCREENSHOT_PNG');
+const SSO = process.argv[2] === 'sso';
+const ssoOptions = SSO ? JSON.parse(process.argv[3] || '{}') : null;
+const [base, screenshot] = SSO ? [ssoOptions.base, null] : process.argv.slice(2);
+if (!base || (!SSO && !screenshot)) {
+  console.error("usage: node browser.js BASE_URL SCREENSHOT_PNG\n       node browser.js sso '<options json>'");
   process.exit(2);
 }
 
@@ -149,6 +160,80 @@ async function run(page, context) {
   return summary;
 }
 
+/** Waits until the page is at `url` (a string or a predicate on URL) and has loaded. */
+async function arrive(page, url, when) {
+  try {
+    await page.waitForURL(url, { waitUntil: 'load' });
+  } catch (e) {
+    throw new CheckFailed(`${when}: still at ${page.url()} (${e.message.split('\n')[0]})`);
+  }
+}
+
+/** The sso scenario (see the header). */
+async function runSso(page, context, o) {
+  const summary = {};
+  const cookieOf = async () => (await context.cookies(base)).find((c) => c.name === o.cookie);
+
+  // 1. The protected page, not signed in: authgate's login page, offering the provider.
+  await page.goto(base + o.protected);
+  assertLoginPage(page, o.protected, 'opening the protected page');
+  const link = page.getByRole('link', { name: `Sign in with ${o.provider}` });
+  check((await link.count()) === 1, `no "Sign in with ${o.provider}" link on ${page.url()}`);
+  summary.login_page = new URL(page.url()).pathname + new URL(page.url()).search;
+
+  // 2. The link: the provider's own login form, on the provider's origin.
+  await Promise.all([
+    arrive(page, (url) => url.origin !== base && url.pathname.startsWith('/interaction/'), 'following the provider link'),
+    link.click(),
+  ]);
+  summary.provider_page = page.url();
+
+  // 3. Signing in there: back on the protected page, showing what the upstream answered.
+  await page.getByLabel('Username').fill(o.user);
+  await page.getByLabel('Password').fill(o.password);
+  await Promise.all([
+    arrive(page, base + o.protected, 'after signing in at the provider'),
+    page.getByRole('button', { name: 'Sign in' }).click(),
+  ]);
+  const body = await page.locator('body').innerText();
+  check(body.includes(o.expect), `the page does not show ${JSON.stringify(o.expect)}: ${JSON.stringify(body)}`);
+  const cookie = await cookieOf();
+  check(cookie !== undefined, `no ${o.cookie} cookie after signing in`);
+  check(cookie.httpOnly, `the ${o.cookie} cookie is not HttpOnly`);
+  check(cookie.sameSite === 'Lax', `the ${o.cookie} cookie is SameSite=${cookie.sameSite}`);
+  const states = (await context.cookies(base)).filter((c) => c.name.startsWith('authgate_oidc_'));
+  check(states.length === 0, `state cookies left after the login: ${states.map((c) => c.name)}`);
+  summary.app_page = body.trim();
+
+  // 4. Logging out with a form posted from the page: the provider asks to confirm, then
+  // sends the browser back to authgate's login page; the session cookie is gone.
+  await Promise.all([
+    arrive(page, (url) => url.origin !== base && url.pathname.startsWith('/session/end'), 'posting the logout form'),
+    page.evaluate(() => {
+      const form = document.createElement('form');
+      form.method = 'post';
+      form.action = '/auth/logout';
+      document.body.appendChild(form);
+      form.submit();
+    }),
+  ]);
+  summary.after_logout = page.url();
+  check((await cookieOf()) === undefined, `the ${o.cookie} cookie survived logout`);
+  await Promise.all([
+    arrive(page, (url) => url.origin === base && url.pathname === '/auth/login', 'confirming the logout at the provider'),
+    page.getByRole('button', { name: 'Yes, sign me out' }).click(),
+  ]);
+  summary.signed_out_at = new URL(page.url()).pathname;
+
+  // 5. The protected page again: the login page, not the app.
+  await page.goto(base + o.protected);
+  assertLoginPage(page, o.protected, 'opening the protected page after logout');
+  check(!(await page.locator('body').innerText()).includes(o.expect), 'the app page is shown after logout');
+
+  summary.ok = true;
+  return summary;
+}
+
 async function main() {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS, headless: true });
   try {
@@ -156,7 +241,7 @@ async function main() {
     const page = await context.newPage();
     page.setDefaultTimeout(15000);
     page.setDefaultNavigationTimeout(15000);
-    const summary = await run(page, context);
+    const summary = SSO ? await runSso(page, context, ssoOptions) : await run(page, context);
     summary.browser = `chromium ${browser.version()}`;
     console.log(JSON.stringify(summary));
   } finally {

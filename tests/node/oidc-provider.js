@@ -1,8 +1,8 @@
 // node oidc-provider.js '<config json>'
 //
 // A real, certified OpenID Provider (panva's `oidc-provider`, pinned by package-lock.json) on
-// 127.0.0.1, for authgate's OpenID Connect relying-party tests (tests/oidc_module.rs). Plain
-// http on loopback; an ephemeral port.
+// 127.0.0.1, for authgate's OpenID Connect relying-party tests (tests/oidc_module.rs) and its
+// single sign-on tests (tests/sso.rs). Plain http on loopback; an ephemeral port.
 //
 // Protocol with the test:
 //   - argv[2]: the config, JSON (below).
