@@ -30,3 +30,21 @@ pub mod session;
 pub mod snapshot;
 pub mod state;
 pub mod tls;
+
+/// Helpers shared by the unit tests of several modules.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map from `(name, value)` pairs, repeats kept in order.
+    pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("test header name"),
+                HeaderValue::from_str(v).expect("test header value"),
+            );
+        }
+        h
+    }
+}

@@ -257,16 +257,7 @@ pub fn prepare_request(headers: &mut HeaderMap, out: &Outgoing<'_>) {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_support::header_map as map;
 
     #[test]
     fn strips_every_spelling_of_injected_names() {

@@ -113,16 +113,7 @@ pub fn same_origin(headers: &HeaderMap, host: Option<&str>, https: bool) -> bool
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_support::header_map as headers;
     #[test]
     fn next_only_takes_same_origin_relative_paths() {
         for good in ["/", "/app/x?y=1#f", "/a/b?next=http://x"] {

@@ -188,16 +188,7 @@ impl CookieSettings {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
+    use crate::test_support::header_map as headers;
     #[test]
     fn session_cookie_is_found_and_duplicates_refused() {
         let h = headers(&[("cookie", "a=1; authgate_session=tok; b=2")]);
