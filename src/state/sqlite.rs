@@ -286,17 +286,16 @@ fn live_session(conn: &Connection, sid: &str, now: u64) -> Result<Option<Session
         .query_row(
             "SELECT sub, claims, expires FROM sessions WHERE sid = ?1 AND expires > ?2",
             params![sid, int(now)],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            },
+            session_row,
         )
         .optional()?;
     row.map(|(sub, claims, expires)| session_info(sid, sub, &claims, expires))
         .transpose()
+}
+
+/// `sub, claims, expires` of a `sessions` row.
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, i64)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
 fn session_info(
@@ -319,13 +318,7 @@ fn end(conn: &Connection, sid: &str) -> Result<Option<SessionInfo>, StoreError> 
         .query_row(
             "DELETE FROM sessions WHERE sid = ?1 RETURNING sub, claims, expires",
             [sid],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            },
+            session_row,
         )
         .optional()?;
     conn.execute("DELETE FROM refresh_tokens WHERE sid = ?1", [sid])?;
