@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use super::registered::ClaimRules;
+use super::signature::SignatureKey;
 use serde_json::Value;
 
 use crate::config::{Diagnostics, KeyPath, RawTokens};
@@ -23,7 +26,8 @@ const MAX_DOCUMENT: usize = 1024 * 1024;
 /// One key taken from a provider's JWK Set.
 pub struct RemoteKey {
     pub alg: Algorithm,
-    pub decoding: DecodingKey,
+    /// Verifies signatures; parsed once, when the set is fetched.
+    pub signature: SignatureKey,
     /// The JWK as published, to tell an unchanged key from a new one under the same `kid`.
     published: String,
     /// Cleared when a fetch no longer finds this key in the set: verifications it made are
@@ -104,6 +108,8 @@ pub struct Provider {
     last_on_demand: Mutex<Option<Instant>>,
     single_flight: tokio::sync::Mutex<()>,
     client: reqwest::Client,
+    /// This provider's issuer (required) and audience, checked on its tokens' claims.
+    rules: ClaimRules,
 }
 
 /// Why a fetch failed (logged; the old keys stay).
@@ -160,12 +166,15 @@ pub fn parse_jwks(document: &[u8]) -> Result<KeySnapshot, FetchError> {
         if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
             continue;
         }
-        let (Some(alg), Ok(decoding)) = (key_algorithm(&jwk), DecodingKey::from_jwk(&jwk)) else {
+        let Some(alg) = key_algorithm(&jwk) else {
+            continue;
+        };
+        let Ok(signature) = SignatureKey::public(alg, &jwk) else {
             continue;
         };
         let key = Arc::new(RemoteKey {
             alg,
-            decoding,
+            signature,
             published: raw.to_string(),
             live: Arc::new(AtomicBool::new(true)),
         });
@@ -184,8 +193,14 @@ impl Provider {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let rules = ClaimRules {
+            issuer: Some(settings.issuer.clone()),
+            audience: settings.audience.clone(),
+            leeway_secs: settings.leeway_secs,
+        };
         Ok(Provider {
             settings,
+            rules,
             keys: ArcSwap::from_pointee(KeySnapshot::default()),
             fetched_once: AtomicBool::new(false),
             last_on_demand: Mutex::new(None),
@@ -203,23 +218,10 @@ impl Provider {
         self.fetched_once.load(Ordering::Acquire)
     }
 
-    /// The validation for a key of this provider: its algorithm only, this issuer, and the
-    /// audience when one is configured.
-    pub fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = self.settings.leeway_secs;
-        v.validate_nbf = true;
-        v.set_issuer(&[&self.settings.issuer]);
-        let mut required = vec!["exp", "iss"];
-        match &self.settings.audience {
-            Some(aud) => {
-                v.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => v.validate_aud = false,
-        }
-        v.set_required_spec_claims(&required);
-        v
+    /// The claim rules of this provider's tokens: its issuer, and the audience when one is
+    /// configured.
+    pub fn rules(&self) -> &ClaimRules {
+        &self.rules
     }
 
     async fn download(&self) -> Result<Vec<u8>, FetchError> {

@@ -7,6 +7,8 @@ use std::sync::{Mutex, OnceLock};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 
+use super::signature::SignatureKey;
+
 use crate::config::{Algorithm, Diagnostics, KeyPath, RawKey, RawTokens, Source};
 
 /// One key: it verifies tokens of exactly one algorithm, and signs when it holds private material.
@@ -14,7 +16,8 @@ pub struct Key {
     pub id: String,
     pub algorithm: Algorithm,
     pub alg: jsonwebtoken::Algorithm,
-    pub decoding: DecodingKey,
+    /// Verifies signatures; parsed once, here.
+    pub signature: SignatureKey,
     pub encoding: Option<EncodingKey>,
     /// The public half as a JWK (asymmetric keys only), for publishing.
     pub public_jwk: Option<Jwk>,
@@ -201,11 +204,14 @@ fn load_hmac(raw: &RawKey, src: &Source, at: &KeyPath, id: String) -> Result<Key
             ),
         )]);
     }
+    let alg = to_jwt_alg(raw.algorithm);
+    let signature = SignatureKey::hmac(alg, &secret)
+        .ok_or_else(|| vec![(at.key("algorithm"), "not an HMAC algorithm".to_string())])?;
     Ok(Key {
         id,
         algorithm: raw.algorithm,
-        alg: to_jwt_alg(raw.algorithm),
-        decoding: DecodingKey::from_secret(&secret),
+        alg,
+        signature,
         encoding: Some(EncodingKey::from_secret(&secret)),
         public_jwk: None,
         ephemeral,
@@ -269,7 +275,7 @@ fn private_key(
         ""
     };
     let kind = family_name(algorithm);
-    let bad = |_| {
+    let bad = || {
         vec![(
             at.key("private_key_file"),
             format!("not a PEM {kind} private key usable with {algorithm:?}{hint}"),
@@ -280,16 +286,16 @@ fn private_key(
         Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
         _ => EncodingKey::from_rsa_pem(pem),
     }
-    .map_err(bad)?;
+    .map_err(|_| bad())?;
     // Deriving the public half also proves the private key fits the algorithm (an ES384 key
     // under ES256 fails here, at load time, not on the first request).
-    let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(bad)?;
-    let decoding = DecodingKey::from_jwk(&jwk).map_err(bad)?;
+    let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|_| bad())?;
+    let signature = SignatureKey::public(alg, &jwk).map_err(|_| bad())?;
     Ok(Key {
         id,
         algorithm,
         alg,
-        decoding,
+        signature,
         encoding: Some(encoding),
         public_jwk: Some(jwk),
         ephemeral: false,
@@ -306,7 +312,7 @@ fn public_key(
 ) -> Result<Key, KeyErrors> {
     let alg = to_jwt_alg(algorithm);
     let kind = family_name(algorithm);
-    let bad = |_| {
+    let bad = || {
         vec![(
             at.key("public_key_file"),
             format!("not a PEM {kind} public key usable with {algorithm:?}"),
@@ -317,15 +323,16 @@ fn public_key(
         Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
         _ => DecodingKey::from_rsa_pem(pem),
     }
-    .map_err(bad)?;
-    let jwk = Jwk::from_decoding_key(&decoding, Some(alg)).ok();
+    .map_err(|_| bad())?;
+    let jwk = Jwk::from_decoding_key(&decoding, Some(alg)).map_err(|_| bad())?;
+    let signature = SignatureKey::public(alg, &jwk).map_err(|_| bad())?;
     Ok(Key {
         id,
         algorithm,
         alg,
-        decoding,
+        signature,
         encoding: None,
-        public_jwk: jwk,
+        public_jwk: Some(jwk),
         ephemeral: false,
         seal: None,
     })

@@ -1,100 +1,36 @@
-//! Token verification (RFC 7519/7515) with `jsonwebtoken`. Before the library sees a token we
-//! refuse what an attacker could use to choose the key or the algorithm: `alg: none`, embedded
-//! or remote keys (`jwk`, `jku`, `x5u`, `x5c`), `crit` extensions and JWE. The key is chosen by
-//! `kid` and its configured algorithm is the only one accepted.
+//! Token verification (RFC 7519/7515). A token's header and claims are decoded and parsed
+//! once (duplicate members refused); we refuse what an attacker could use to choose the key or
+//! the algorithm: `alg: none`, embedded or remote keys (`jwk`, `jku`, `x5u`, `x5c`), `crit`
+//! extensions and JWE. The key is chosen by `kid` and its configured algorithm is the only one
+//! accepted; the signature is checked with the key parsed at load time (`signature.rs`), and
+//! only then the registered claims (`ClaimRules`).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use base64::Engine;
-use jsonwebtoken::Validation;
-use jsonwebtoken::errors::ErrorKind;
 use serde_json::{Map, Value};
 
 use super::cache::ClaimsCache;
-use super::claims::{ClaimPath, RenderError, render};
+use super::claims::{ClaimPath, render};
+use super::error::TokenError;
 use super::jwks::{Provider, RemoteKey};
 use super::keys::{Key, KeySet};
+use super::registered::ClaimRules;
+use super::signature::SignatureKey;
 use super::token::VerifiedToken;
+use crate::clock::unix_now;
 
 /// Longest token accepted; a JWT larger than this is not a credential but an attack.
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
-
-/// Why a token was refused. The message is sent to the client: it names the reason and never
-/// key material or library internals.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("no token: send `Authorization: Bearer <token>`")]
-    Missing,
-    #[error("token is larger than 16 KiB")]
-    TooLarge,
-    #[error("token is not a well-formed JWT")]
-    Malformed,
-    #[error("encrypted tokens (JWE) are not accepted")]
-    Encrypted,
-    #[error("unsigned tokens (alg none) are not accepted")]
-    Unsigned,
-    #[error("token header field `{0}` is not accepted")]
-    ForbiddenHeader(&'static str),
-    #[error("token key id (kid) is not known")]
-    UnknownKeyId,
-    #[error("token algorithm is not the one configured for its key")]
-    WrongAlgorithm,
-    #[error("token signature is invalid")]
-    BadSignature,
-    #[error("token has expired")]
-    Expired,
-    #[error("token is not valid yet")]
-    NotYetValid,
-    #[error("token has no `{0}` claim")]
-    MissingClaim(String),
-    #[error("token claim `{0}` has the wrong type")]
-    BadClaim(String),
-    #[error("token issuer is not accepted")]
-    WrongIssuer,
-    #[error("token audience is not accepted")]
-    WrongAudience,
-    #[error("token claim `{0}` {1}")]
-    UnrenderableClaim(String, RenderError),
-    #[error("token has been revoked (logged out)")]
-    Revoked,
-    #[error("the session cookie is not usable")]
-    BadCookie,
-}
-
-impl TokenError {
-    /// A short fixed label (for metrics and logs).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            TokenError::Missing => "missing",
-            TokenError::TooLarge => "too_large",
-            TokenError::Malformed => "malformed",
-            TokenError::Encrypted => "encrypted",
-            TokenError::Unsigned => "unsigned",
-            TokenError::ForbiddenHeader(_) => "forbidden_header",
-            TokenError::UnknownKeyId => "unknown_kid",
-            TokenError::WrongAlgorithm => "wrong_algorithm",
-            TokenError::BadSignature => "bad_signature",
-            TokenError::Expired => "expired",
-            TokenError::NotYetValid => "not_yet_valid",
-            TokenError::MissingClaim(_) => "missing_claim",
-            TokenError::BadClaim(_) => "bad_claim",
-            TokenError::WrongIssuer => "wrong_issuer",
-            TokenError::WrongAudience => "wrong_audience",
-            TokenError::UnrenderableClaim(..) => "bad_claim",
-            TokenError::Revoked => "revoked",
-            TokenError::BadCookie => "malformed",
-        }
-    }
-}
 
 /// Checks tokens against the configured keys, issuer, audience and leeway, with a cache.
 pub struct Verifier {
     keys: Arc<KeySet>,
     /// Remote key sets, each trusted only for tokens naming its issuer.
     providers: Vec<Arc<Provider>>,
-    /// One `Validation` per key, in key order: the key's algorithm and nothing else.
-    validations: Vec<Validation>,
+    /// The claim rules of tokens signed with our own keys.
+    rules: ClaimRules,
     header_claims: Vec<ClaimPath>,
     cache: ClaimsCache,
 }
@@ -181,13 +117,20 @@ fn decode_part(encoded: &str) -> Result<Map<String, Value>, TokenError> {
     }
 }
 
-fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
+/// A token's header and claims, each decoded and parsed once. The claims are not trusted
+/// until the signature is checked.
+struct Parsed {
+    header: JoseHeader,
+    claims: Map<String, Value>,
+}
+
+fn parse(token: &str) -> Result<Parsed, TokenError> {
     let mut parts = token.split('.');
     let header = decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
-    // The payload is checked for duplicate members too (its claims are read after the
-    // signature check, by serde_json, which would keep the last one silently).
-    let payload = decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
-    let iss = match payload.get("iss") {
+    // The payload is checked for duplicate members too: serde_json would keep the last one
+    // silently, another parser the first.
+    let claims = decode_part(parts.next().ok_or(TokenError::Malformed)?)?;
+    let iss = match claims.get("iss") {
         Some(Value::String(iss)) => Some(iss.clone()),
         _ => None,
     };
@@ -208,23 +151,22 @@ fn parse_header(token: &str) -> Result<JoseHeader, TokenError> {
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(TokenError::Malformed),
     };
-    Ok(JoseHeader { alg, kid, iss })
+    Ok(Parsed {
+        header: JoseHeader { alg, kid, iss },
+        claims,
+    })
 }
 
-fn map_error(kind: &ErrorKind) -> TokenError {
-    match kind {
-        ErrorKind::InvalidSignature => TokenError::BadSignature,
-        ErrorKind::ExpiredSignature => TokenError::Expired,
-        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
-        ErrorKind::InvalidClaimFormat(c) => TokenError::BadClaim(c.clone()),
-        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-        ErrorKind::InvalidAudience => TokenError::WrongAudience,
-        ErrorKind::InvalidAlgorithm
-        | ErrorKind::InvalidAlgorithmName
-        | ErrorKind::MissingAlgorithm => TokenError::WrongAlgorithm,
-        // Bad encodings, bad JSON, keys that do not fit the signature: the token is unusable.
-        _ => TokenError::Malformed,
+/// Checks the JWS signature of `token` (already split-checked: three parts) with `key`.
+fn check_signature(token: &str, key: &SignatureKey) -> Result<(), TokenError> {
+    let (message, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| TokenError::Malformed)?;
+    if key.verify(message.as_bytes(), &signature) {
+        Ok(())
+    } else {
+        Err(TokenError::BadSignature)
     }
 }
 
@@ -243,34 +185,15 @@ impl Verifier {
         header_claims: Vec<ClaimPath>,
         providers: Vec<Arc<Provider>>,
     ) -> Self {
-        let validations = keys
-            .iter()
-            .map(|key| {
-                let mut v = Validation::new(key.alg);
-                v.leeway = options.leeway_secs;
-                v.validate_exp = true;
-                v.validate_nbf = true;
-                let mut required = vec!["exp"];
-                if let Some(iss) = &options.issuer {
-                    v.set_issuer(&[iss]);
-                    required.push("iss");
-                }
-                match &options.audience {
-                    Some(aud) => {
-                        v.set_audience(&[aud]);
-                        required.push("aud");
-                    }
-                    // No audience configured: `aud` is not ours to judge.
-                    None => v.validate_aud = false,
-                }
-                v.set_required_spec_claims(&required);
-                v
-            })
-            .collect();
+        let rules = ClaimRules {
+            issuer: options.issuer.clone(),
+            audience: options.audience.clone(),
+            leeway_secs: options.leeway_secs,
+        };
         Verifier {
             keys,
             providers,
-            validations,
+            rules,
             header_claims,
             cache: ClaimsCache::new(options.cache_entries),
         }
@@ -311,23 +234,25 @@ impl Verifier {
             4 => return Err(TokenError::Encrypted),
             _ => return Err(TokenError::Malformed),
         }
-        let header = parse_header(token)?;
+        let Parsed { header, claims } = parse(token)?;
         if let Some(provider) = self.provider_for(header.iss.as_deref()) {
-            let (claims, live) = verify_remote(provider, token, &header).await?;
+            let live = verify_remote(provider, token, &header).await?;
+            provider.rules().check(&claims, unix_now())?;
             let mut verified = self.finish(claims, false)?;
             verified.key_live = Some(live);
             return Ok(verified);
         }
-        let claims = match &header.kid {
+        match &header.kid {
             Some(kid) => {
-                let (index, key) = self.keys.by_id(kid).ok_or(TokenError::UnknownKeyId)?;
+                let (_, key) = self.keys.by_id(kid).ok_or(TokenError::UnknownKeyId)?;
                 if !key.alg_name_is(&header.alg) {
                     return Err(TokenError::WrongAlgorithm);
                 }
-                self.decode_with(token, index, key)?
+                check_signature(token, &key.signature)?;
             }
-            None => self.decode_without_kid(token, &header.alg)?,
-        };
+            None => self.check_without_kid(token, &header.alg)?,
+        }
+        self.rules.check(&claims, unix_now())?;
         self.finish(claims, true)
     }
 
@@ -342,42 +267,15 @@ impl Verifier {
     }
 
     /// No `kid`: each key pinned to the token's algorithm is tried in config order.
-    fn decode_without_kid(&self, token: &str, alg: &str) -> Result<Map<String, Value>, TokenError> {
+    fn check_without_kid(&self, token: &str, alg: &str) -> Result<(), TokenError> {
         let mut last = TokenError::WrongAlgorithm;
-        for (index, key) in self.keys.iter().enumerate() {
-            if !key.alg_name_is(alg) {
-                continue;
-            }
-            match self.decode_with(token, index, key) {
+        for key in self.keys.iter().filter(|key| key.alg_name_is(alg)) {
+            match check_signature(token, &key.signature) {
                 Err(TokenError::BadSignature) => last = TokenError::BadSignature,
                 other => return other,
             }
         }
         Err(last)
-    }
-
-    fn decode_with(
-        &self,
-        token: &str,
-        index: usize,
-        key: &Key,
-    ) -> Result<Map<String, Value>, TokenError> {
-        jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &self.validations[index])
-            .map(|data| data.claims)
-            .map_err(|e| match map_error(e.kind()) {
-                // jsonwebtoken reports a claim it cannot parse (`"exp": "soon"`) as missing.
-                // It checks claims only after the signature, so the payload is authentic here
-                // and can be read to give the precise reason.
-                TokenError::MissingClaim(claim) => {
-                    match jsonwebtoken::dangerous::insecure_decode_claims::<Map<String, Value>>(
-                        token,
-                    ) {
-                        Ok(claims) if claims.contains_key(&claim) => TokenError::BadClaim(claim),
-                        _ => TokenError::MissingClaim(claim),
-                    }
-                }
-                other => other,
-            })
     }
 
     fn finish(&self, claims: Map<String, Value>, local: bool) -> Result<VerifiedToken, TokenError> {
@@ -426,26 +324,20 @@ impl Verifier {
     }
 }
 
-/// Verifies with a remote provider's keys: by `kid` (fetching again once per cooldown when it
-/// is unknown), or without a kid each key of the token's algorithm in turn. Returns the claims
-/// and the liveness flag of the key that verified them.
+/// Checks the signature with a remote provider's keys: by `kid` (fetching again once per
+/// cooldown when it is unknown), or without a kid each key of the token's algorithm in turn.
+/// Returns the liveness flag of the key that verified it.
 async fn verify_remote(
     provider: &Provider,
     token: &str,
     header: &JoseHeader,
-) -> Result<(Map<String, Value>, Arc<AtomicBool>), TokenError> {
+) -> Result<Arc<AtomicBool>, TokenError> {
     let alg: Option<jsonwebtoken::Algorithm> = header.alg.parse().ok();
-    let decode = |key: &RemoteKey| {
+    let check = |key: &RemoteKey| {
         if Some(key.alg) != alg {
             return Err(TokenError::WrongAlgorithm);
         }
-        jsonwebtoken::decode::<Map<String, Value>>(
-            token,
-            &key.decoding,
-            &provider.validation(key.alg),
-        )
-        .map(|d| (d.claims, key.liveness()))
-        .map_err(|e| map_error(e.kind()))
+        check_signature(token, &key.signature).map(|()| key.liveness())
     };
     match &header.kid {
         Some(kid) => {
@@ -459,13 +351,13 @@ async fn verify_remote(
                     .ok_or(TokenError::UnknownKeyId)?,
                 None => return Err(TokenError::UnknownKeyId),
             };
-            decode(&key)
+            check(&key)
         }
         None => {
             let snapshot = provider.keys();
             let mut last = TokenError::UnknownKeyId;
             for key in snapshot.all().iter().filter(|k| Some(k.alg) == alg) {
-                match decode(key) {
+                match check(key) {
                     Err(TokenError::BadSignature) => last = TokenError::BadSignature,
                     other => return other,
                 }
