@@ -114,7 +114,7 @@ http {
     uwsgi_temp_path @DIR@/uwsgi;
     scgi_temp_path @DIR@/scgi;
 
-    upstream authgate { server @AUTHGATE@; }
+    upstream authgate { server @AUTHGATE@; keepalive 16; }
     upstream app      { server @APP@; }
 
     server {
@@ -150,6 +150,8 @@ http {
             proxy_pass http://authgate;
             proxy_method GET;
             proxy_pass_request_body off;
+            proxy_http_version 1.1;           # keep-alive to authgate (with `keepalive`)
+            proxy_set_header Connection        "";
             proxy_set_header Content-Length    "";
             proxy_set_header Host              $http_host;
             proxy_set_header X-Original-URI    $request_uri;
