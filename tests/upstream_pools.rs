@@ -4,6 +4,7 @@
 //! servers down, https upstreams (CA, server name, client certificates, ALPN, keep-alive),
 //! `authgate check` on upstream settings, and the per-server metrics.
 mod common;
+use common::pki::{Pair, Pki};
 use common::*;
 
 use std::convert::Infallible;
@@ -19,10 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -401,46 +400,12 @@ async fn server_metrics(gw: &Gateway, server: &str) -> (f64, f64, f64) {
 // Test certificates
 // ---------------------------------------------------------------------------------------------
 
-type Ca = CertifiedIssuer<'static, KeyPair>;
-
-fn new_ca(name: &str) -> Ca {
-    let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-}
-
-/// A certificate signed by a CA, for these names (DNS names or IP addresses).
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-fn leaf(ca: &Ca, names: &[&str]) -> Leaf {
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(
-        DnType::CommonName,
-        names.first().copied().unwrap_or("client"),
-    );
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &**ca).unwrap();
-    Leaf {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        der: cert.der().clone(),
-        key_der: key.serialize_der(),
-    }
-}
-
 const H2: &[u8] = b"h2";
 const HTTP1: &[u8] = b"http/1.1";
 
 /// A backend's rustls config: its certificate, the ALPN protocols it offers, and the CA its
 /// clients' certificates must chain to (client certificates required when set).
-fn server_tls(leaf: &Leaf, alpn: &[&[u8]], client_ca: Option<&Ca>) -> Arc<rustls::ServerConfig> {
+fn server_tls(leaf: &Pair, alpn: &[&[u8]], client_ca: Option<&Pki>) -> Arc<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -448,7 +413,7 @@ fn server_tls(leaf: &Leaf, alpn: &[&[u8]], client_ca: Option<&Ca>) -> Arc<rustls
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            roots.add(ca.der().clone()).unwrap();
+            roots.add(ca.ca_der()).unwrap();
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .unwrap();
@@ -456,9 +421,8 @@ fn server_tls(leaf: &Leaf, alpn: &[&[u8]], client_ca: Option<&Ca>) -> Arc<rustls
         }
         None => builder.with_no_client_auth(),
     };
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf.key_der.clone()));
     let mut config = builder
-        .with_single_cert(vec![leaf.der.clone()], key)
+        .with_single_cert(vec![leaf.der()], leaf.key_der())
         .unwrap();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
@@ -954,14 +918,14 @@ async fn all_servers_down_is_a_quick_502() {
 
 #[tokio::test]
 async fn https_upstreams_verify_the_ca_and_the_name() {
-    let ca = new_ca("authgate test CA");
-    let ca_pem = ca.pem();
+    let ca = Pki::new("authgate test CA");
+    let ca_pem = ca.ca_pem();
     let files: &[(&str, &[u8])] = &[("ca.pem", ca_pem.as_bytes())];
 
     // Trusted through ca_file, the certificate naming the address: 200.
     let good = Backend::start_tls(
         "good",
-        server_tls(&leaf(&ca, &["127.0.0.1"]), &[H2, HTTP1], None),
+        server_tls(&ca.server(&["127.0.0.1"], 1), &[H2, HTTP1], None),
     )
     .await;
     let gw = tls_gateway(&good, &["ca_file: ca.pem"], files).await;
@@ -973,7 +937,7 @@ async fn https_upstreams_verify_the_ca_and_the_name() {
     // name: accepted.
     let named = Backend::start_tls(
         "named",
-        server_tls(&leaf(&ca, &["app.internal"]), &[H2, HTTP1], None),
+        server_tls(&ca.server(&["app.internal"], 1), &[H2, HTTP1], None),
     )
     .await;
     let gw = tls_gateway(&named, &["ca_file: ca.pem"], files).await;
@@ -991,10 +955,10 @@ async fn https_upstreams_verify_the_ca_and_the_name() {
     assert_eq!(named.count("/right-name"), 1);
 
     // A CA the gateway was not told to trust: as another ca_file, and as the system's roots.
-    let stranger = new_ca("unknown CA");
+    let stranger = Pki::new("unknown CA");
     let unknown = Backend::start_tls(
         "unknown",
-        server_tls(&leaf(&stranger, &["127.0.0.1"]), &[H2, HTTP1], None),
+        server_tls(&stranger.server(&["127.0.0.1"], 1), &[H2, HTTP1], None),
     )
     .await;
     let gw = tls_gateway(&unknown, &["ca_file: ca.pem"], files).await;
@@ -1014,18 +978,22 @@ async fn https_upstreams_verify_the_ca_and_the_name() {
 
 #[tokio::test]
 async fn https_upstream_requiring_a_client_certificate() {
-    let (ca, client_ca) = (new_ca("server CA"), new_ca("client CA"));
-    let client = leaf(&client_ca, &["gateway.internal"]);
+    let (ca, client_ca) = (Pki::new("server CA"), Pki::new("client CA"));
+    let client = client_ca.client("gateway.internal");
     let backend = Backend::start_tls(
         "mtls",
-        server_tls(&leaf(&ca, &["127.0.0.1"]), &[H2, HTTP1], Some(&client_ca)),
+        server_tls(
+            &ca.server(&["127.0.0.1"], 1),
+            &[H2, HTTP1],
+            Some(&client_ca),
+        ),
     )
     .await;
-    let ca_pem = ca.pem();
+    let ca_pem = ca.ca_pem();
     let files: &[(&str, &[u8])] = &[
         ("ca.pem", ca_pem.as_bytes()),
-        ("gw.crt", client.cert_pem.as_bytes()),
-        ("gw.key", client.key_pem.as_bytes()),
+        ("gw.crt", client.cert.as_bytes()),
+        ("gw.key", client.key.as_bytes()),
     ];
 
     let gw = tls_gateway(&backend, &["ca_file: ca.pem"], files).await;
@@ -1044,15 +1012,15 @@ async fn https_upstream_requiring_a_client_certificate() {
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "mtls"));
     let hits = backend.hits();
     assert_eq!(hits.len(), 1);
-    assert_eq!(hits[0].client_cert.as_deref(), Some(client.der.as_ref()));
+    assert_eq!(hits[0].client_cert.as_deref(), Some(client.der().as_ref()));
 }
 
 #[tokio::test]
 async fn https_upstreams_speak_h2_when_offered_and_reuse_one_connection() {
-    let ca = new_ca("authgate test CA");
-    let ca_pem = ca.pem();
+    let ca = Pki::new("authgate test CA");
+    let ca_pem = ca.ca_pem();
     let files: &[(&str, &[u8])] = &[("ca.pem", ca_pem.as_bytes())];
-    let cert = leaf(&ca, &["127.0.0.1"]);
+    let cert = ca.server(&["127.0.0.1"], 1);
 
     for (alpn, version) in [
         (&[H2, HTTP1][..], Version::HTTP_2),
@@ -1086,11 +1054,11 @@ async fn https_upstreams_speak_h2_when_offered_and_reuse_one_connection() {
 /// so `connect_timeout` strikes. Nothing was sent: the request goes to the other server.
 #[tokio::test]
 async fn a_server_stalling_the_handshake_costs_one_connect_timeout_then_is_skipped() {
-    let ca = new_ca("authgate test CA");
-    let ca_pem = ca.pem();
+    let ca = Pki::new("authgate test CA");
+    let ca_pem = ca.ca_pem();
     let good = Backend::start_tls(
         "good",
-        server_tls(&leaf(&ca, &["127.0.0.1"]), &[H2, HTTP1], None),
+        server_tls(&ca.server(&["127.0.0.1"], 1), &[H2, HTTP1], None),
     )
     .await;
     let stall = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1161,7 +1129,7 @@ fn check(yaml: &str, files: &[(&str, &[u8])]) -> (i32, String) {
 
 #[test]
 fn check_reports_upstream_mistakes_and_lists_every_server() {
-    let ca_pem = new_ca("check CA").pem();
+    let ca_pem = Pki::new("check CA").ca_pem();
     let files: &[(&str, &[u8])] = &[("ca.pem", ca_pem.as_bytes())];
     let http = [
         "http://127.0.0.1:9001".to_owned(),

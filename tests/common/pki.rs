@@ -26,6 +26,17 @@ pub struct Pair {
     pub key: String,
 }
 
+impl Pair {
+    /// The certificate, DER (for a rustls config of the test's own).
+    pub fn der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap()
+    }
+
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap()
+    }
+}
+
 impl Pki {
     pub fn new(name: &str) -> Pki {
         let mut params = CertificateParams::default();
@@ -38,6 +49,10 @@ impl Pki {
 
     pub fn ca_pem(&self) -> String {
         self.ca.pem()
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        self.ca.der().clone()
     }
 
     fn sign(&self, params: CertificateParams) -> Pair {
