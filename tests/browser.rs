@@ -1,4 +1,5 @@
 mod common;
+use common::browser::{require_browser, run_browser_js};
 use common::*;
 
 // A real browser (Debian's Chromium, driven by playwright-core from tests/node/browser.js)
@@ -10,9 +11,8 @@ use common::*;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
@@ -22,8 +22,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
 const SCREENSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/login-page.png");
 /// Must match `PASSWORD` in tests/node/browser.js.
 const PASSWORD: &str = "correct horse battery staple";
@@ -132,64 +130,6 @@ routes:
     headers: { X-User-Id: sub }
 "#;
 
-/// Panics, telling how to fix it, unless Chromium, node and playwright-core are installed.
-fn require_browser() {
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run ./scripts/test.sh, which installs Debian's `chromium` \
-         package for this browser test"
-    );
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        other => panic!(
-            "cannot run `node --version` ({other:?}): this browser test needs Node.js and npm; \
-             install them, then run ./scripts/test.sh, which installs playwright-core"
-        ),
-    }
-    let package = Path::new(NODE_DIR).join("node_modules/playwright-core/package.json");
-    assert!(
-        package.is_file(),
-        "{} is missing: run ./scripts/test.sh, which installs playwright-core \
-         (npm ci in tests/node) for this browser test",
-        package.display()
-    );
-}
-
-/// `node browser.js BASE SCREENSHOT`: (succeeded, stdout, stderr). Killed after 3 minutes.
-async fn run_browser(base: &str, screenshot: &Path) -> (bool, String, String) {
-    let out = tempfile::tempdir().unwrap();
-    let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new("node")
-        .arg("browser.js")
-        .arg(base)
-        .arg(screenshot)
-        .current_dir(NODE_DIR)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `node browser.js` ({e}): run ./scripts/test.sh"));
-    let deadline = Instant::now() + Duration::from_secs(180);
-    // Polled, so the gateway keeps running on this test's runtime meanwhile.
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let (stdout, mut stderr) = (read(&stdout), read(&stderr));
-    if status.is_none() {
-        stderr.push_str("\n(killed: node browser.js ran for more than 3 minutes)");
-    }
-    (status.is_some_and(|s| s.success()), stdout, stderr)
-}
-
 #[tokio::test]
 async fn a_browser_logs_in_uses_the_app_and_logs_out() {
     require_browser();
@@ -202,7 +142,7 @@ async fn a_browser_logs_in_uses_the_app_and_logs_out() {
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
 
     let started = Instant::now();
-    let (ok, stdout, stderr) = run_browser(&base, screenshot).await;
+    let (ok, stdout, stderr) = run_browser_js(&[&base, &screenshot.display().to_string()]).await;
     assert!(
         ok,
         "node tests/node/browser.js {base} {} failed:\n{stderr}\nstdout: {stdout}",

@@ -11,10 +11,10 @@
 //! the gateway's ephemeral port is known. Everything else is what a web client gets.
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::browser::{require_browser, run_browser_js};
 use common::oidc::{Browser, NAVIGATION_ACCEPT, Op, Page, Step, hidden_inputs, summary};
 use common::*;
 use reqwest::Url;
@@ -1382,61 +1382,6 @@ async fn authgate_revoke_by_sub_ends_an_sso_users_sessions() {
 // ---------------------------------------------------------------------------------------------
 // A real browser
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Panics, telling how to fix it, unless Chromium and playwright-core are installed.
-fn require_browser() {
-    common::oidc::require_node();
-    assert!(
-        Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run ./scripts/test.sh, which installs Debian's `chromium` \
-         package for this browser test"
-    );
-    let package =
-        Path::new(common::oidc::NODE_DIR).join("node_modules/playwright-core/package.json");
-    assert!(
-        package.is_file(),
-        "{} is missing: run ./scripts/test.sh, which installs playwright-core (npm ci in \
-         tests/node) for this browser test",
-        package.display()
-    );
-}
-
-/// `node browser.js sso OPTIONS`: (succeeded, stdout, stderr). Killed after 3 minutes.
-async fn run_sso_browser(options: &Value) -> (bool, String, String) {
-    let out = tempfile::tempdir().unwrap();
-    let (stdout, stderr) = (out.path().join("stdout"), out.path().join("stderr"));
-    let mut child = Command::new("node")
-        .arg("browser.js")
-        .arg("sso")
-        .arg(options.to_string())
-        .current_dir(common::oidc::NODE_DIR)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `node browser.js` ({e}): run ./scripts/test.sh"));
-    let deadline = Instant::now() + Duration::from_secs(180);
-    // Polled, so the gateway keeps running on this test's runtime meanwhile.
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let (stdout, mut stderr) = (read(&stdout), read(&stderr));
-    if status.is_none() {
-        stderr.push_str("\n(killed: node browser.js ran for more than 3 minutes)");
-    }
-    (status.is_some_and(|s| s.success()), stdout, stderr)
-}
-
 #[tokio::test]
 async fn chromium_signs_in_through_the_provider_and_out_again() {
     require_browser();
@@ -1453,7 +1398,7 @@ async fn chromium_signs_in_through_the_provider_and_out_again() {
         "cookie": "authgate_session",
     });
     let started = Instant::now();
-    let (ok, stdout, stderr) = run_sso_browser(&options).await;
+    let (ok, stdout, stderr) = run_browser_js(&["sso", &options.to_string()]).await;
     assert!(
         ok,
         "node tests/node/browser.js sso {options} failed:\n{stderr}\nstdout: {stdout}"

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use authgate::server::{self, ServerHandle};
 
 pub mod binary;
+pub mod browser;
 pub mod oidc;
 pub mod pki;
 pub mod redis;
