@@ -248,7 +248,13 @@ impl Gateway {
             ..Outcome::default()
         };
         let (mut resp, err) = match self
-            .process(&snap, req, conn, (&request_id, &trace.propagation), &mut outcome)
+            .process(
+                &snap,
+                req,
+                conn,
+                (&request_id, &trace.propagation),
+                &mut outcome,
+            )
             .await
         {
             Ok(resp) => (resp, outcome.error.take()),
@@ -264,8 +270,8 @@ impl Gateway {
         if matches!(outcome.answered, Answered::Endpoint(Endpoint::ForwardAuth)) && status == 200 {
             trace.answer_headers(resp.headers_mut());
         }
-        let refused = matches!(status, 401 | 403)
-            || err.as_ref().is_some_and(|e| e.auth_failure().is_some());
+        let refused =
+            matches!(status, 401 | 403) || err.as_ref().is_some_and(|e| e.auth_failure().is_some());
         trace.finish(self.traces.as_ref(), || {
             let mut facts = SpanFacts {
                 method: &method,
@@ -396,7 +402,12 @@ impl Gateway {
 
 /// The span's facts about who answered: the route, the subject (only when the request was not
 /// refused), the upstream and its server.
-fn describe<'a>(snap: &'a Snapshot, outcome: &'a Outcome, refused: bool, facts: &mut SpanFacts<'a>) {
+fn describe<'a>(
+    snap: &'a Snapshot,
+    outcome: &'a Outcome,
+    refused: bool,
+    facts: &mut SpanFacts<'a>,
+) {
     match outcome.answered {
         Answered::Unmatched => {}
         Answered::Endpoint(e) => facts.route = Some(e.label()),

@@ -338,6 +338,22 @@ fn result(r: &str) -> ResultLabels {
     }
 }
 
+/// `authgate_auth_failures_total`, one handle per reason (every reason exported from the start).
+fn auth_failure_counters(r: &mut Registry) -> HashMap<&'static str, Counter> {
+    let reasons = crate::error::AUTH_FAILURE_REASONS;
+    let failures = counter_family(
+        r,
+        "auth_failures",
+        "Requests refused for authentication or authorization, by reason",
+        reason,
+        &reasons,
+    );
+    reasons
+        .iter()
+        .map(|x| (*x, failures.get_or_create(&reason(x)).clone()))
+        .collect()
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("authgate");
@@ -348,18 +364,7 @@ impl Metrics {
             "Requests answered, by route and status class",
             requests.clone(),
         );
-        let reasons = crate::error::AUTH_FAILURE_REASONS;
-        let failures = counter_family(
-            r,
-            "auth_failures",
-            "Requests refused for authentication or authorization, by reason",
-            reason,
-            &reasons,
-        );
-        let auth_failures = reasons
-            .iter()
-            .map(|x| (*x, failures.get_or_create(&reason(x)).clone()))
-            .collect();
+        let auth_failures = auth_failure_counters(r);
         let upstream_latency = Family::<UpstreamLabels, LatencyHistogram>::default();
         r.register_with_unit(
             "upstream_duration",

@@ -370,7 +370,8 @@ mod tests {
     fn trace_context_replaces_every_client_line_or_removes_it() {
         let strip = StripSet::default();
         let id = HeaderValue::from_static("req-1");
-        let ours = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let ours =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let client = || {
             map(&[
                 ("traceparent", "forged-1"),
@@ -394,7 +395,10 @@ mod tests {
             };
             prepare_request(&mut h, &out);
             let all = |n: &str| -> Vec<String> {
-                h.get_all(n).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+                h.get_all(n)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect()
             };
             (all("traceparent"), all("tracestate"))
         };
@@ -403,7 +407,13 @@ mod tests {
             tracestate: Some(HeaderValue::from_static("b=2")),
             drop_client: false,
         };
-        assert_eq!(run(&set), (vec![ours.to_str().unwrap().to_owned()], vec!["b=2".to_owned()]));
+        assert_eq!(
+            run(&set),
+            (
+                vec![ours.to_str().unwrap().to_owned()],
+                vec!["b=2".to_owned()]
+            )
+        );
         let dropped = Propagation {
             drop_client: true,
             ..Propagation::default()

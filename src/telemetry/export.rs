@@ -133,7 +133,9 @@ impl Traces {
         self.stop.cancel();
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task
-            && tokio::time::timeout(self.export_timeout, task).await.is_err()
+            && tokio::time::timeout(self.export_timeout, task)
+                .await
+                .is_err()
         {
             tracing::warn!("the last trace export did not finish in time; its spans are lost");
         }

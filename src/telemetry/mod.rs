@@ -182,9 +182,19 @@ mod tests {
             "{}",
             err[0]
         );
-        assert!(err[1].starts_with("gw.yaml:12:19: telemetry.traces.sample_ratio: 1.5 is not a ratio"), "{}", err[1]);
-        assert!(err.iter().any(|e| e.contains("max_queue: must be at least 1")));
-        assert!(err.iter().any(|e| e.contains("`bad name` is not a valid header name")));
+        assert!(
+            err[1].starts_with("gw.yaml:12:19: telemetry.traces.sample_ratio: 1.5 is not a ratio"),
+            "{}",
+            err[1]
+        );
+        assert!(
+            err.iter()
+                .any(|e| e.contains("max_queue: must be at least 1"))
+        );
+        assert!(
+            err.iter()
+                .any(|e| e.contains("`bad name` is not a valid header name"))
+        );
         let err = compile_text("telemetry:\n  traces:\n    otlp_endpont: http://c/v1/traces\n")
             .unwrap_err();
         assert!(err[0].contains("unknown field `otlp_endpont`"), "{err:?}");

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Version};
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
@@ -94,7 +96,11 @@ impl RequestTrace {
             };
         };
         let (trace_id, flags, tracestate) = match parent {
-            Some(p) => (p.trace_id, p.continued_flags(), continued_tracestate(headers)),
+            Some(p) => (
+                p.trace_id,
+                p.continued_flags(),
+                continued_tracestate(headers),
+            ),
             None => {
                 let id = traces.new_trace_id();
                 (id, if traces.keeps(&id) { SAMPLED } else { 0 }, None)
@@ -223,9 +229,7 @@ fn attributes(f: &SpanFacts<'_>) -> Vec<KeyValue> {
     ];
     let optional = [
         text("authgate.route", f.route),
-        f.http_route
-            .clone()
-            .map(|r| KeyValue::new("http.route", r)),
+        f.http_route.clone().map(|r| KeyValue::new("http.route", r)),
         text("enduser.id", f.sub),
         f.reason.map(|r| KeyValue::new("authgate.reason", r)),
         text("authgate.upstream", f.upstream),
@@ -233,7 +237,10 @@ fn attributes(f: &SpanFacts<'_>) -> Vec<KeyValue> {
         ms("authgate.auth.duration_ms", f.auth_time),
         ms("authgate.upstream.duration_ms", f.upstream_time),
     ];
-    fixed.into_iter().chain(optional.into_iter().flatten()).collect()
+    fixed
+        .into_iter()
+        .chain(optional.into_iter().flatten())
+        .collect()
 }
 
 impl OpenSpan {

@@ -115,9 +115,9 @@ fn is_key(key: &[u8]) -> bool {
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     first_ok
         && key.len() <= 256
-        && key.iter().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/@".contains(c)
-        })
+        && key
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-*/@".contains(c))
 }
 
 fn is_value(value: &[u8]) -> bool {
@@ -144,7 +144,10 @@ pub fn tracestate_members<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Option<V
             if !is_key(key) || !is_value(value) || members.len() == MAX_MEMBERS {
                 return None;
             }
-            if members.iter().any(|m| m.starts_with(key) && m.get(key.len()) == Some(&b'=')) {
+            if members
+                .iter()
+                .any(|m| m.starts_with(key) && m.get(key.len()) == Some(&b'='))
+            {
                 return None;
             }
             members.push(member);
@@ -236,7 +239,10 @@ mod tests {
     #[test]
     fn tracestate_lines_combine_and_are_checked() {
         assert_eq!(
-            state(&["rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE", ",  ,tenant@vendor=x y"]),
+            state(&[
+                "rojo=00f067aa0ba902b7 , congo=t61rcWkgMzE",
+                ",  ,tenant@vendor=x y"
+            ]),
             Some(vec![
                 "rojo=00f067aa0ba902b7".into(),
                 "congo=t61rcWkgMzE".into(),
@@ -264,7 +270,9 @@ mod tests {
     #[test]
     fn long_tracestate_loses_long_members_first_then_the_last() {
         let long = format!("big={}", "x".repeat(200));
-        let small: Vec<String> = (0..30).map(|i| format!("k{i:02}={}", "v".repeat(10))).collect();
+        let small: Vec<String> = (0..30)
+            .map(|i| format!("k{i:02}={}", "v".repeat(10)))
+            .collect();
         let mut members: Vec<&[u8]> = vec![small[0].as_bytes(), long.as_bytes()];
         members.extend(small[1..].iter().map(|s| s.as_bytes()));
         let value = tracestate_value(members).unwrap();
@@ -278,11 +286,19 @@ mod tests {
         let (one, two) = (format!("k={huge}"), format!("j={huge}"));
         let kept = tracestate_value(vec![one.as_bytes(), two.as_bytes()]).unwrap();
         assert_eq!(kept, one.as_str(), "the right-most long member goes");
-        let many: Vec<String> = (0..32).map(|i| format!("k{i:02}={}", "v".repeat(20))).collect();
+        let many: Vec<String> = (0..32)
+            .map(|i| format!("k{i:02}={}", "v".repeat(20)))
+            .collect();
         let kept = tracestate_value(many.iter().map(|s| s.as_bytes()).collect()).unwrap();
         let kept = kept.to_str().unwrap();
-        assert!(kept.len() <= MAX_TRACESTATE && kept.starts_with("k00="), "{kept}");
-        assert!(kept.ends_with(&many[kept.split(',').count() - 1]), "cut from the end");
+        assert!(
+            kept.len() <= MAX_TRACESTATE && kept.starts_with("k00="),
+            "{kept}"
+        );
+        assert!(
+            kept.ends_with(&many[kept.split(',').count() - 1]),
+            "cut from the end"
+        );
         assert_eq!(tracestate_value(vec![]), None);
     }
 }
