@@ -748,3 +748,50 @@ async fn a_reload_that_changes_telemetry_says_it_needs_a_restart() {
     collector.span("after").await;
     stop(gw).await;
 }
+
+/// The README's "Tracing" example is a config `authgate check` accepts, and its config
+/// reference names every `telemetry.traces` key.
+#[test]
+fn the_readme_shows_a_working_telemetry_section() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Tracing\n")
+        .nth(1)
+        .expect("the README's Tracing section");
+    let example = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml example in the Tracing section");
+    assert!(example.starts_with("telemetry:\n  traces:\n"), "{example}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(&dir, "http://127.0.0.1:9", example);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("OTLP_TOKEN", "readme-test-token")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = readme
+        .split("## Config reference")
+        .nth(1)
+        .and_then(|r| r.split("\n## ").next())
+        .unwrap();
+    for key in [
+        "telemetry:",
+        "otlp_endpoint:",
+        "service_name:",
+        "sample_ratio:",
+        "headers:",
+        "export_timeout:",
+        "max_queue:",
+    ] {
+        assert!(reference.contains(key), "the config reference lacks {key}");
+    }
+}
