@@ -1,5 +1,5 @@
 //! The `listen`, `admin` and `server` sections: what only a restart can change ([`Boot`]:
-//! listeners, the connection limit) and the connection limits a reload may change
+//! listeners, the connection limit, the state store, trace export) and the connection limits a reload may change
 //! ([`ServerSettings`], read per connection). Keeping them apart means a reload never has to
 //! diff fields by hand: it compares two `Boot` values and warns when they differ.
 
@@ -12,6 +12,7 @@ use http::Method;
 use std::time::SystemTime;
 
 use crate::config::{Diagnostics, KeyPath, PlainHttp, RawConfig};
+use crate::telemetry::{self, TraceSettings};
 use crate::tls::ServerTlsFiles;
 
 /// Settings that take effect only at start.
@@ -28,6 +29,9 @@ pub struct Boot {
     pub config_dir: PathBuf,
     /// HTTPS on the main listener.
     pub tls: Option<TlsListener>,
+    /// `telemetry.traces`: the export task and its queue live as long as the process, and the
+    /// sampling rule should not change under a running trace.
+    pub traces: Option<TraceSettings>,
 }
 
 /// `server.tls`, compiled.
@@ -132,8 +136,10 @@ impl Boot {
             );
         }
         let tls = TlsListener::compile(raw, diags);
+        let traces = telemetry::compile(raw, diags);
         Some(Boot {
             tls: tls?,
+            traces: traces?,
             listen: listen?,
             admin_listen: admin_listen?,
             max_connections: usize::try_from(raw.server.max_connections).unwrap_or(usize::MAX),
@@ -152,6 +158,9 @@ impl Boot {
             tracing::warn!(
                 "`server.max_connections` changed: it takes effect only after a restart"
             );
+        }
+        if self.traces != running.traces {
+            tracing::warn!("`telemetry` changed: it takes effect only after a restart");
         }
     }
 }

@@ -1,12 +1,13 @@
 //! A running gateway: its current snapshot (swapped whole on reload), its state (store and
 //! revocation mirror), its metrics, and the pipeline every request goes through, in a fixed
-//! order: view (target, method, host, path) → the gateway's own endpoints → decide
-//! (`policy::authorize`) → act (`proxy::forward`) → count and log. Each step either hands the
-//! request on or ends it with one [`GatewayError`], mapped to an answer in one place.
+//! order: trace context → view (target, method, host, path) → the gateway's own endpoints →
+//! decide (`policy::authorize`) → act (`proxy::forward`) → count, log and end the span. Each
+//! step either hands the request on or ends it with one [`GatewayError`], mapped to an answer
+//! in one place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::header::{CACHE_CONTROL, HeaderName, HeaderValue, SET_COOKIE};
@@ -22,10 +23,11 @@ use crate::login::{self, Services};
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::proxy::Body;
-use crate::proxy::forward::{Forwarding, forward};
+use crate::proxy::forward::{Forwarding, Sent, forward};
 use crate::request::{Conn, RequestView, Target};
 use crate::snapshot::{Loaded, Snapshot};
 use crate::state::{MemoryStore, State, Store};
+use crate::telemetry::{Propagation, RequestTrace, SpanFacts, Traces};
 
 /// Shared state of a running gateway.
 pub struct Gateway {
@@ -40,6 +42,8 @@ pub struct Gateway {
     tunnels: TaskTracker,
     /// The HTTPS listener's certificate, reloaded with the config files.
     tls: std::sync::OnceLock<Arc<crate::tls::ServerTls>>,
+    /// The trace export (`telemetry.traces`), for the life of the process.
+    traces: Option<Traces>,
 }
 
 /// Which part of the gateway answered.
@@ -66,6 +70,12 @@ struct Outcome {
     set_cookie: Option<HeaderValue>,
     /// A failure answered with a page rather than an error (login form), for the metrics.
     error: Option<GatewayError>,
+    /// Whether the span is recorded: only then is the decision timed.
+    timed: bool,
+    /// Time spent deciding (route, token, revocation, `allow`), when timed.
+    auth_time: Option<Duration>,
+    /// The upstream server and its answer time, when the request was sent.
+    sent: Sent,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -126,6 +136,18 @@ impl Gateway {
         snapshot.bind_metrics(&metrics);
         snapshot.start_background();
         let state = State::start(store, metrics.store.clone());
+        let traces = boot.traces.as_ref().and_then(|settings| {
+            match Traces::start(settings, metrics.traces.clone()) {
+                Ok(traces) => {
+                    tracing::info!(endpoint = %settings.endpoint, "exporting traces");
+                    Some(traces)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the trace export: serving without it");
+                    None
+                }
+            }
+        });
         Arc::new(Gateway {
             boot,
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -133,7 +155,13 @@ impl Gateway {
             state,
             tunnels: TaskTracker::new(),
             tls: std::sync::OnceLock::new(),
+            traces,
         })
+    }
+
+    /// The trace export, when `telemetry.traces` is configured (shutdown flushes it).
+    pub fn traces(&self) -> Option<&Traces> {
+        self.traces.as_ref()
     }
 
     /// Upgraded connections still open (shutdown waits for them, up to the grace period).
@@ -209,13 +237,24 @@ impl Gateway {
         // One snapshot per request, held until the response is produced.
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
+        let version = req.version();
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(id) if sane_request_id(id) => id.clone(),
             _ => new_request_id(),
         };
-        let mut outcome = Outcome::default();
+        let trace = RequestTrace::start(self.traces.as_ref(), req.headers());
+        let mut outcome = Outcome {
+            timed: trace.recording(),
+            ..Outcome::default()
+        };
         let (mut resp, err) = match self
-            .process(&snap, req, conn, &request_id, &mut outcome)
+            .process(
+                &snap,
+                req,
+                conn,
+                (&request_id, &trace.propagation),
+                &mut outcome,
+            )
             .await
         {
             Ok(resp) => (resp, outcome.error.take()),
@@ -228,6 +267,30 @@ impl Gateway {
         self.record(&snap, &outcome, err.as_ref(), status);
         resp.headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        if matches!(outcome.answered, Answered::Endpoint(Endpoint::ForwardAuth)) && status == 200 {
+            trace.answer_headers(resp.headers_mut());
+        }
+        let refused =
+            matches!(status, 401 | 403) || err.as_ref().is_some_and(|e| e.auth_failure().is_some());
+        trace.finish(self.traces.as_ref(), || {
+            let mut facts = SpanFacts {
+                method: &method,
+                version,
+                scheme: conn.scheme.as_str(),
+                route: None,
+                http_route: None,
+                status,
+                sub: None,
+                reason: err.as_ref().map(GatewayError::reason),
+                upstream: None,
+                upstream_address: None,
+                auth_time: outcome.auth_time,
+                upstream_time: outcome.sent.elapsed,
+                request_id: request_id.to_str().unwrap_or("-"),
+            };
+            describe(&snap, &outcome, refused, &mut facts);
+            facts
+        });
         log(
             &snap,
             &method,
@@ -246,7 +309,7 @@ impl Gateway {
         snap: &Snapshot,
         req: Request<Incoming>,
         conn: &Conn,
-        request_id: &HeaderValue,
+        (request_id, trace): (&HeaderValue, &Propagation),
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = req.into_parts();
@@ -265,7 +328,10 @@ impl Gateway {
             outcome.answered = Answered::Endpoint(endpoint);
             return self.endpoint(snap, endpoint, &view, body, outcome).await;
         }
-        let grant = match policy::authorize(snap, &self.state.mirror, &view).await {
+        let deciding = outcome.timed.then(Instant::now);
+        let decision = policy::authorize(snap, &self.state.mirror, &view).await;
+        outcome.auth_time = deciding.map(|t| t.elapsed());
+        let grant = match decision {
             Ok(grant) => grant,
             Err(denial) => {
                 outcome.answered = denial.route.map_or(Answered::Unmatched, Answered::Route);
@@ -287,8 +353,9 @@ impl Gateway {
             request_id,
             conn,
             tunnels: &self.tunnels,
+            trace,
         };
-        forward(&forwarding, parts, body).await
+        forward(&forwarding, parts, body, &mut outcome.sent).await
     }
 
     /// The gateway's own endpoints.
@@ -331,6 +398,36 @@ impl Gateway {
         outcome.error = error;
         Ok(response)
     }
+}
+
+/// The span's facts about who answered: the route, the subject (only when the request was not
+/// refused), the upstream and its server.
+fn describe<'a>(
+    snap: &'a Snapshot,
+    outcome: &'a Outcome,
+    refused: bool,
+    facts: &mut SpanFacts<'a>,
+) {
+    match outcome.answered {
+        Answered::Unmatched => {}
+        Answered::Endpoint(e) => facts.route = Some(e.label()),
+        Answered::Route(i) => {
+            let route = snap.routes.get(i);
+            facts.route = Some(&route.name);
+            facts.http_route = Some(snap.routes.matcher(i).path.template());
+            if outcome.forwarded {
+                facts.upstream = snap.upstream(route).map(|u| &*u.name);
+            }
+        }
+    }
+    if !refused {
+        facts.sub = outcome
+            .token
+            .as_ref()
+            .and_then(|t| t.sub.as_deref())
+            .or(outcome.user.as_deref());
+    }
+    facts.upstream_address = outcome.sent.server.as_ref().map(|s| s.authority.as_str());
 }
 
 /// The access log: one line per request. Never a token, a cookie or a query string.

@@ -29,6 +29,7 @@ pub mod server;
 pub mod session;
 pub mod snapshot;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 
 /// Helpers shared by the unit tests of several modules.

@@ -157,6 +157,45 @@ struct ServerLabels {
     server: String,
 }
 
+/// The trace export's series (`telemetry.traces`); at 0 when tracing is off.
+#[derive(Debug, Clone)]
+pub struct TraceMetrics {
+    pub exported: Counter,
+    /// Spans dropped because the export queue was full...
+    pub dropped_queue_full: Counter,
+    /// ...or because the export that carried them failed.
+    pub dropped_export_failed: Counter,
+    pub export_failures: Counter,
+}
+
+impl TraceMetrics {
+    fn register(r: &mut Registry) -> TraceMetrics {
+        let exported = counter(
+            r,
+            "trace_spans_exported",
+            "Request spans the collector accepted",
+        );
+        let dropped = counter_family(
+            r,
+            "trace_spans_dropped",
+            "Request spans never delivered: the export queue was full, or their export failed",
+            reason,
+            &["queue_full", "export_failed"],
+        );
+        let export_failures = counter(
+            r,
+            "trace_export_failures",
+            "Trace exports that failed (collector unreachable, refused or too slow)",
+        );
+        TraceMetrics {
+            exported,
+            dropped_queue_full: dropped.get_or_create(&reason("queue_full")).clone(),
+            dropped_export_failed: dropped.get_or_create(&reason("export_failed")).clone(),
+            export_failures,
+        }
+    }
+}
+
 /// Every series the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -171,6 +210,7 @@ pub struct Metrics {
     /// Client connections open on the main listener.
     pub open_connections: Gauge,
     pub store: StoreMetrics,
+    pub traces: TraceMetrics,
     servers: ServerFamilies,
 }
 
@@ -298,6 +338,22 @@ fn result(r: &str) -> ResultLabels {
     }
 }
 
+/// `authgate_auth_failures_total`, one handle per reason (every reason exported from the start).
+fn auth_failure_counters(r: &mut Registry) -> HashMap<&'static str, Counter> {
+    let reasons = crate::error::AUTH_FAILURE_REASONS;
+    let failures = counter_family(
+        r,
+        "auth_failures",
+        "Requests refused for authentication or authorization, by reason",
+        reason,
+        &reasons,
+    );
+    reasons
+        .iter()
+        .map(|x| (*x, failures.get_or_create(&reason(x)).clone()))
+        .collect()
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("authgate");
@@ -308,18 +364,7 @@ impl Metrics {
             "Requests answered, by route and status class",
             requests.clone(),
         );
-        let reasons = crate::error::AUTH_FAILURE_REASONS;
-        let failures = counter_family(
-            r,
-            "auth_failures",
-            "Requests refused for authentication or authorization, by reason",
-            reason,
-            &reasons,
-        );
-        let auth_failures = reasons
-            .iter()
-            .map(|x| (*x, failures.get_or_create(&reason(x)).clone()))
-            .collect();
+        let auth_failures = auth_failure_counters(r);
         let upstream_latency = Family::<UpstreamLabels, LatencyHistogram>::default();
         r.register_with_unit(
             "upstream_duration",
@@ -364,6 +409,7 @@ impl Metrics {
         );
         let store = store_metrics(r);
         let servers = ServerFamilies::register(r);
+        let traces = TraceMetrics::register(r);
         Metrics {
             registry,
             requests,
@@ -376,6 +422,7 @@ impl Metrics {
             config_loaded,
             open_connections,
             store,
+            traces,
             servers,
         }
     }

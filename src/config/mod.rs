@@ -51,6 +51,10 @@ pub struct RawConfig {
     /// with a warning at start (nothing survives a restart).
     #[serde(default)]
     pub state: Option<RawState>,
+    /// Traces: W3C trace context and OTLP export (optional; without it the gateway exports
+    /// nothing and passes a client's valid `traceparent` on unchanged). Takes effect on restart.
+    #[serde(default)]
+    pub telemetry: Option<RawTelemetry>,
     /// Named upstreams: `name: "http://host:port"` or `name: { url, connect_timeout, timeout }`.
     pub upstreams: BTreeMap<String, RawUpstream>,
     /// Routes, first match in file order wins.
@@ -789,6 +793,57 @@ pub struct RawForwardAuth {
     /// hosts the routes name.
     #[serde(default)]
     pub next_hosts: Vec<Text>,
+}
+
+/// `telemetry:` — what the gateway tells an OpenTelemetry collector.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// One span per request, exported over OTLP/HTTP (optional).
+    #[serde(default)]
+    pub traces: Option<RawTraces>,
+}
+
+/// `telemetry.traces:` — export one span per request and continue the client's W3C trace.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraces {
+    /// The collector's OTLP/HTTP traces URL, used as written (protobuf is POSTed to it), e.g.
+    /// `http://otel-collector:4318/v1/traces`.
+    pub otlp_endpoint: Text,
+    /// `service.name` of the exported spans. Default `authgate`.
+    #[serde(default = "default_service_name")]
+    pub service_name: Text,
+    /// Share of new traces recorded, 0.0 to 1.0 (by trace id, so every replica keeps the same
+    /// ones). A client's `traceparent` decides for its own trace: sampled is kept, unsampled is
+    /// not. Default 1.0.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// Headers sent with every export (e.g. `Authorization: "Bearer ${OTLP_TOKEN}"`); never
+    /// logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// Time one export (its retries included) may take. Default 10s.
+    #[serde(default = "default_export_timeout")]
+    pub export_timeout: DurationValue,
+    /// Finished spans waiting for export, at most; beyond it new spans are dropped and counted
+    /// in `authgate_trace_spans_dropped_total` (requests never wait for the collector).
+    /// Default 4096.
+    #[serde(default = "default_trace_queue")]
+    pub max_queue: u32,
+}
+
+fn default_service_name() -> Text {
+    Text("authgate".into())
+}
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+fn default_export_timeout() -> DurationValue {
+    DurationValue(Duration::from_secs(10))
+}
+fn default_trace_queue() -> u32 {
+    4096
 }
 
 fn default_forward_auth_path() -> Text {

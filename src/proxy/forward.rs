@@ -2,7 +2,7 @@
 //! upstream with the normalized path, stream the answer back (or join a WebSocket tunnel).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::request::Parts;
@@ -16,7 +16,7 @@ use super::body::{Body, BodyState, BodyWatch, stream, stream_watched};
 use super::echo;
 use super::headers::{KeepCredential, Outgoing, prepare_request, remove_hop_by_hop};
 use super::upgrade::{self, Handshake};
-use super::upstream::Target;
+use super::upstream::{Server, Target};
 use crate::credentials::TokenSource;
 use crate::error::GatewayError;
 use crate::path::strip_segments;
@@ -24,6 +24,7 @@ use crate::policy::Grant;
 use crate::request::Conn;
 use crate::routes::Route;
 use crate::snapshot::Snapshot;
+use crate::telemetry::Propagation;
 
 /// What forwarding needs besides the request itself.
 pub struct Forwarding<'a> {
@@ -37,6 +38,16 @@ pub struct Forwarding<'a> {
     pub conn: &'a Conn,
     /// Where WebSocket tunnels are tracked (shutdown waits for them).
     pub tunnels: &'a TaskTracker,
+    /// The W3C trace context the upstream gets.
+    pub trace: &'a Propagation,
+}
+
+/// What forwarding tells the request's span: the server the request went to (the last one
+/// tried) and how long it took to answer.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub server: Option<Arc<Server>>,
+    pub elapsed: Option<Duration>,
 }
 
 /// The path sent upstream: the normalized path, less `strip_prefix`, under the base path.
@@ -102,6 +113,7 @@ pub async fn forward(
     f: &Forwarding<'_>,
     mut parts: Parts,
     body: Incoming,
+    sent: &mut Sent,
 ) -> Result<Response<Body>, GatewayError> {
     let snap = f.snapshot;
     let route = snap.routes.get(f.grant.route);
@@ -125,6 +137,7 @@ pub async fn forward(
             proto: f.conn.scheme.as_str(),
             host: f.host,
             identity: &f.grant.identity,
+            trace: f.trace,
         },
     );
     if client_upgrade.is_some() {
@@ -137,10 +150,14 @@ pub async fn forward(
         *upstream_req.uri_mut() = Uri::from(path_and_query);
         return Ok(echo::respond(&upstream_req));
     }
-    let sent = Instant::now();
-    let result = upstream.send(upstream_req, path_and_query, f.host).await;
+    let started = Instant::now();
+    let result = upstream
+        .send(upstream_req, path_and_query, f.host, &mut sent.server)
+        .await;
+    let elapsed = started.elapsed();
+    sent.elapsed = Some(elapsed);
     if let (Some(bound), Some(i)) = (snap.bound.get(), route.upstream) {
-        bound.upstreams[i].observe(sent.elapsed());
+        bound.upstreams[i].observe(elapsed);
     }
     let resp = blame(result, &watch)?;
     answer(resp, client_upgrade, f.tunnels)

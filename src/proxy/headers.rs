@@ -6,6 +6,9 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::telemetry::Propagation;
+use crate::telemetry::w3c::{TRACEPARENT, TRACESTATE};
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the non-standard ones proxies still see).
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
@@ -128,15 +131,16 @@ fn is_managed_variant(name: &str) -> bool {
 
 /// Everything a request loses before the gateway adds its own headers, in one pass over the
 /// headers it has: hop-by-hop headers, headers named in `Connection`, override headers,
-/// variant spellings of managed headers, and every spelling of every header some route
-/// injects.
+/// variant spellings of managed headers, every spelling of every header some route injects,
+/// and `tracestate` (it goes on only beside a valid `traceparent`, as the gateway decides).
 pub fn clean_request(headers: &mut HeaderMap, strip: &StripSet) {
     clean(headers, |name| dropped_from_requests(name, strip));
 }
 
 /// Whether a request header of this name is dropped (besides those named in `Connection`).
 pub fn dropped_from_requests(name: &str, strip: &StripSet) -> bool {
-    HOP_BY_HOP.contains(&name)
+    name == TRACESTATE.as_str()
+        || HOP_BY_HOP.contains(&name)
         || OVERRIDES.contains(&name)
         || strip.contains_str(name)
         || is_managed_variant(name)
@@ -201,6 +205,24 @@ pub fn set_forwarded(
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The gateway's `traceparent` (or the client's, when it goes on unchanged) replaces every
+/// `traceparent` line the client sent; an invalid one is removed. Without a client
+/// `traceparent` and with tracing off there is nothing to touch.
+fn set_trace_context(headers: &mut HeaderMap, trace: &Propagation) {
+    match &trace.traceparent {
+        Some(value) => {
+            headers.insert(TRACEPARENT.clone(), value.clone());
+        }
+        None if trace.drop_client => {
+            headers.remove(&TRACEPARENT);
+        }
+        None => {}
+    }
+    if let Some(value) = &trace.tracestate {
+        headers.insert(TRACESTATE.clone(), value.clone());
+    }
+}
+
 /// Which of the client's credentials may go upstream: only the one that was verified, and
 /// only when the route forwards tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,15 +246,19 @@ pub struct Outgoing<'a> {
     pub proto: &'static str,
     pub host: Option<&'a HeaderValue>,
     pub identity: &'a [(HeaderName, HeaderValue)],
+    /// The W3C trace context the upstream gets (decided when the request arrived).
+    pub trace: &'a Propagation,
 }
 
 /// Rewrites a request's headers for its upstream, in the one safe order: strip (hop-by-hop,
-/// `Connection`-named, override headers, variant spellings, every injected name), then the
-/// request id, the credentials that may go, `X-Forwarded-*`, `Host`, and the identity headers
-/// last, so nothing the client sent can remove or replace what the gateway adds.
+/// `Connection`-named, override headers, variant spellings, every injected name,
+/// `tracestate`), then the request id, the trace context, the credentials that may go,
+/// `X-Forwarded-*`, `Host`, and the identity headers last, so nothing the client sent can
+/// remove or replace what the gateway adds.
 pub fn prepare_request(headers: &mut HeaderMap, out: &Outgoing<'_>) {
     clean_request(headers, out.strip);
     headers.insert(X_REQUEST_ID.clone(), out.request_id.clone());
+    set_trace_context(headers, out.trace);
     match out.credential {
         KeepCredential::Authorization => {}
         KeepCredential::Cookie => {
@@ -341,6 +367,63 @@ mod tests {
     }
 
     #[test]
+    fn trace_context_replaces_every_client_line_or_removes_it() {
+        let strip = StripSet::default();
+        let id = HeaderValue::from_static("req-1");
+        let ours =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let client = || {
+            map(&[
+                ("traceparent", "forged-1"),
+                ("traceparent", "forged-2"),
+                ("tracestate", "a=1"),
+                ("connection", "traceparent"),
+            ])
+        };
+        let run = |trace: &Propagation| {
+            let mut h = client();
+            let out = Outgoing {
+                strip: &strip,
+                request_id: &id,
+                credential: KeepCredential::Neither,
+                cookie_name: "s",
+                peer: "10.0.0.9".parse().unwrap(),
+                proto: "http",
+                host: None,
+                identity: &[],
+                trace,
+            };
+            prepare_request(&mut h, &out);
+            let all = |n: &str| -> Vec<String> {
+                h.get_all(n)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect()
+            };
+            (all("traceparent"), all("tracestate"))
+        };
+        let set = Propagation {
+            traceparent: Some(ours.clone()),
+            tracestate: Some(HeaderValue::from_static("b=2")),
+            drop_client: false,
+        };
+        assert_eq!(
+            run(&set),
+            (
+                vec![ours.to_str().unwrap().to_owned()],
+                vec!["b=2".to_owned()]
+            )
+        );
+        let dropped = Propagation {
+            drop_client: true,
+            ..Propagation::default()
+        };
+        assert_eq!(run(&dropped), (vec![], vec![]));
+        // Named in `Connection`, the client's traceparent is gone whatever the decision said.
+        assert_eq!(run(&Propagation::default()), (vec![], vec![]));
+    }
+
+    #[test]
     fn prepare_request_strips_then_sets_then_injects() {
         let strip = StripSet::new([HeaderName::from_static("x-user-id")]);
         let id = HeaderValue::from_static("req-1");
@@ -358,6 +441,7 @@ mod tests {
             proto: "https",
             host: Some(&host),
             identity: &identity,
+            trace: &Propagation::default(),
         };
         let client = || {
             map(&[

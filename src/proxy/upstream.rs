@@ -150,12 +150,14 @@ impl Upstream {
         self.name == other.name && self.fingerprint == other.fingerprint
     }
 
-    /// Sends the request to a server and returns the answer, its body streaming.
+    /// Sends the request to a server and returns the answer, its body streaming. `picked` is
+    /// left holding the last server tried (for the request's span).
     pub async fn send(
         &self,
         mut req: Request<Body>,
         path: PathAndQuery,
         host: Option<&HeaderValue>,
+        picked: &mut Option<Arc<Server>>,
     ) -> Result<Response<Body>, GatewayError> {
         let Target::Servers(servers) = &self.target else {
             return Err(GatewayError::UpstreamUnreachable);
@@ -177,12 +179,16 @@ impl Upstream {
                     Err(e) => {
                         server.count(true);
                         servers.eject(&self.name, &server, &e);
+                        *picked = Some(server);
                         continue;
                     }
                 },
             };
             *req.uri_mut() = request_uri(&conn, servers.https, &server.authority, host, &path)?;
-            match self.attempt(&server, servers, conn, reused, req).await? {
+            let attempt = self.attempt(&server, servers, conn, reused, req).await;
+            // The Arc moves, nothing is counted or copied: the report costs nothing.
+            *picked = Some(server);
+            match attempt? {
                 Ok(resp) => return Ok(resp),
                 Err(unsent) => req = unsent,
             }

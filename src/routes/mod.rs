@@ -24,6 +24,18 @@ pub enum PathMatch {
     Prefix(String),
 }
 
+impl PathMatch {
+    /// The paths it takes as one low-cardinality template (`/api/*`, `/login`, `/*`), the
+    /// form of OpenTelemetry's `http.route`.
+    pub fn template(&self) -> String {
+        match self {
+            PathMatch::Any => "/*".to_owned(),
+            PathMatch::Exact(p) => p.clone(),
+            PathMatch::Prefix(p) => format!("{}/*", p.trim_end_matches('/')),
+        }
+    }
+}
+
 /// Every condition of one route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Matcher {
@@ -178,6 +190,11 @@ impl<T> RouteTable<T> {
     /// The route at `index` (an index [`RouteTable::find`] returned).
     pub fn get(&self, index: usize) -> &T {
         &self.entries[index].1
+    }
+
+    /// The conditions of the route at `index`.
+    pub fn matcher(&self, index: usize) -> &Matcher {
+        &self.entries[index].0
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &(Matcher, T)> {

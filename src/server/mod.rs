@@ -116,11 +116,15 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Stops accepting, waits for in-flight requests (up to the grace period).
+    /// Stops accepting, waits for in-flight requests (up to the grace period), then sends
+    /// the spans still queued (up to the export timeout).
     pub async fn shutdown(mut self) {
         self.stop.cancel();
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
+        }
+        if let Some(traces) = self.gateway.traces() {
+            traces.shutdown().await;
         }
     }
 }

@@ -20,6 +20,11 @@ impl Drop for Running {
 }
 
 pub fn start_binary(config: &std::path::Path) -> Running {
+    start_binary_with_env(config, &[])
+}
+
+/// [`start_binary`] with extra environment variables.
+pub fn start_binary_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
         .args([
             "--log-format",
@@ -32,6 +37,7 @@ pub fn start_binary(config: &std::path::Path) -> Running {
         .arg(config)
         .env_remove("AUTHGATE_CONFIG")
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
