@@ -241,6 +241,14 @@ fn uids(pid: &str) -> (u32, u32) {
     (ids[0], ids[1])
 }
 
+/// Whether a user who owns nothing on the way (the image's) can reach `path`: every directory
+/// above it searchable by others.
+fn others_can_reach(path: &Path) -> bool {
+    path.ancestors()
+        .skip(1)
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// A port nothing listens on now (bound, then released).
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -263,6 +271,8 @@ fn random_hex_secret() -> String {
 /// default admin port 127.0.0.1:9090 would collide with other tests running at once).
 struct Container {
     root: tempfile::TempDir,
+    /// The binary under test, where the image's user can run it.
+    binary: PathBuf,
     env: Vec<(String, String)>,
     listen: String,
     admin: String,
@@ -288,8 +298,21 @@ impl Container {
         chmod(&config_file, 0o444);
         chmod(&config_dir, 0o555);
         let drop_to = (uids("self").1 == 0).then_some(image.user);
+        let mut binary = PathBuf::from(env!("CARGO_BIN_EXE_authgate"));
         if let Some((uid, gid)) = drop_to {
             std::os::unix::fs::chown(&state_dir, Some(uid), Some(gid)).unwrap();
+            assert!(
+                others_can_reach(root.path()),
+                "the image's user cannot reach {}: point TMPDIR at a world-searchable directory",
+                root.path().display()
+            );
+            // A checkout under a private home (/root is 0700) hides the binary from the
+            // image's user: run a copy then, as the image has its own.
+            if !others_can_reach(&binary) {
+                let copy = root.path().join("authgate");
+                std::fs::copy(&binary, &copy).unwrap();
+                binary = copy;
+            }
         }
         let (listen, admin) = (
             format!("127.0.0.1:{}", free_port()),
@@ -298,6 +321,7 @@ impl Container {
         let env = Self::env(image, &config_dir, &state_dir, &listen, &admin);
         Container {
             root,
+            binary,
             env,
             listen,
             admin,
@@ -359,7 +383,6 @@ impl Container {
             argv[0], "authgate",
             "the image runs `authgate` from its PATH"
         );
-        let binary = env!("CARGO_BIN_EXE_authgate");
         let mut cmd = match self.drop_to {
             Some((uid, gid)) => {
                 let mut c = Command::new("setpriv");
@@ -368,11 +391,11 @@ impl Container {
                     format!("--regid={gid}"),
                     "--clear-groups".into(),
                     "--".into(),
-                    binary.into(),
-                ]);
+                ])
+                .arg(&self.binary);
                 c
             }
-            None => Command::new(binary),
+            None => Command::new(&self.binary),
         };
         cmd.args(&argv[1..])
             .env_clear()
