@@ -31,12 +31,16 @@ RUN touch src/main.rs src/lib.rs \
 FROM debian:bookworm-slim
 
 # ca-certificates: remote JWK Sets (tokens.jwks) are fetched over https, verified with the
-# system roots.
+# system roots. Not pinned (hadolint DL3008): Debian removes the old version from its mirrors at
+# each point release, so a pin would break the build, and we want the current roots anyway.
+# The user has a fixed numeric id so that `USER` below is numeric: Kubernetes' runAsNonRoot can
+# only verify a numeric user (hadolint DL3066).
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system authgate \
-    && useradd --system --gid authgate --no-create-home --home-dir /nonexistent \
+    && groupadd --system --gid 10001 authgate \
+    && useradd --system --uid 10001 --gid authgate --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin authgate \
     && mkdir -p /var/lib/authgate \
     && chown authgate:authgate /var/lib/authgate
@@ -52,7 +56,8 @@ ENV AUTHGATE_CONFIG=/etc/authgate/gateway.yaml \
     AUTHGATE_STORE=sqlite:/var/lib/authgate/state.db
 VOLUME ["/var/lib/authgate"]
 
-USER authgate
+# authgate:authgate, by number (see above).
+USER 10001:10001
 EXPOSE 8080
 
 # Asks the admin listener (admin.listen in $AUTHGATE_CONFIG, default 127.0.0.1:9090) for

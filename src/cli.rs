@@ -1,4 +1,5 @@
-//! Command line (clap): `run` (default), `check`, `hash-password`, `token`, `healthcheck`.
+//! Command line (clap): `run` (default), `check`, `hash-password`, `token`, `healthcheck`,
+//! `revoke`, `schema`.
 
 use std::path::PathBuf;
 
@@ -73,6 +74,10 @@ pub enum Command {
         #[arg(long, value_name = "IP:PORT")]
         admin_addr: Option<String>,
     },
+    /// Print the JSON Schema of the config file (draft 7), for editors and linters.
+    ///
+    /// The config is not read. `docs/gateway.schema.json` in the repository holds the output.
+    Schema,
     /// Revoke a user's tokens, a session or one token, through the configured state store;
     /// running gateways enforce it within a second.
     #[command(group(clap::ArgGroup::new("what").required(true).args(["sub", "sid", "jti"])))]

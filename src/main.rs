@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Some(Command::Token { sub, claims, ttl }) => token(&cli, sub, claims, ttl.as_deref()),
         Some(Command::Healthcheck { admin_addr }) => healthcheck(&cli, admin_addr.as_deref()),
         Some(Command::Revoke { sub, sid, jti }) => revoke(&cli, sub, sid, jti),
+        Some(Command::Schema) => schema(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -137,6 +138,15 @@ fn revoke(
     })?;
     println!("{said}");
     Ok(())
+}
+
+/// Written in one piece, and a closed pipe (`authgate schema | head`) is an error, not a panic.
+fn schema() -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(authgate::config::schema_json().as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write the schema to stdout")
 }
 
 fn healthcheck(cli: &Cli, admin_addr: Option<&str>) -> anyhow::Result<()> {

@@ -94,16 +94,40 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
-/// Request counters of one route, one per status class (1xx..5xx).
+/// Request counters of one route (or endpoint), by status class.
+///
+/// 2xx to 5xx can happen anywhere, so they are registered at 0 up front: `rate()`, ratios and
+/// alerts on them work from the first scrape, not from the first request of each class.
+/// 1xx is different: the only 1xx a client ever gets from authgate as an answer is the 101 of
+/// a WebSocket upgrade an upstream accepted (hyper's `100 Continue` is not an answer and is
+/// never counted), so a `1xx` series is registered only for routes that forward to real
+/// servers. Everywhere else it cannot happen, and a zero series that can never move would
+/// only be noise in every query.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
-    by_class: [Counter; 5],
+    /// 2xx, 3xx, 4xx, 5xx (anything from 600 up counts as 5xx).
+    by_class: [Counter; 4],
+    informational: Informational,
+}
+
+/// The `1xx` series of a route.
+#[derive(Clone, Debug)]
+enum Informational {
+    Registered(Counter),
+    /// Not expected here: created if it ever happens anyway, so that no answer goes
+    /// uncounted.
+    OnFirstUse(Family<RequestLabels, Counter>, RequestLabels),
 }
 
 impl RouteMetrics {
     pub fn record(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].inc();
+        match usize::from(status / 100) {
+            0 | 1 => match &self.informational {
+                Informational::Registered(counter) => counter.inc(),
+                Informational::OnFirstUse(family, labels) => family.get_or_create(labels).inc(),
+            },
+            class => self.by_class[class.min(5) - 2].inc(),
+        };
     }
 }
 
@@ -127,15 +151,21 @@ pub struct Bound {
 }
 
 impl Bound {
-    pub fn new(metrics: &Metrics, routes: &[&str], upstreams: &[&str]) -> Bound {
+    /// `routes`: each route's name and whether it forwards to real servers (and so may
+    /// answer a WebSocket upgrade with 101).
+    pub fn new(metrics: &Metrics, routes: &[(&str, bool)], upstreams: &[&str]) -> Bound {
         Bound {
-            routes: routes.iter().map(|r| metrics.route(r)).collect(),
+            routes: routes
+                .iter()
+                .map(|(name, upgrades)| metrics.route(name, *upgrades))
+                .collect(),
             upstreams: upstreams.iter().map(|u| metrics.upstream(u)).collect(),
+            // The gateway's own endpoints and unmatched requests never upgrade.
             endpoints: Endpoint::LABELS
                 .iter()
-                .map(|label| metrics.route(label))
+                .map(|label| metrics.route(label, false))
                 .collect(),
-            unmatched: metrics.route(UNMATCHED),
+            unmatched: metrics.route(UNMATCHED, false),
         }
     }
 }
@@ -440,17 +470,24 @@ impl Metrics {
         }
     }
 
-    /// Counter handles for a route name.
-    pub fn route(&self, name: &str) -> RouteMetrics {
-        let by_class = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    route: name.to_owned(),
-                    status: class.to_owned(),
-                })
-                .clone()
-        });
-        RouteMetrics { by_class }
+    /// Counter handles for a route name; `upgrades`: whether it can answer 101 (see
+    /// [`RouteMetrics`]).
+    pub fn route(&self, name: &str, upgrades: bool) -> RouteMetrics {
+        let labels = |class: &str| RequestLabels {
+            route: name.to_owned(),
+            status: class.to_owned(),
+        };
+        let by_class = ["2xx", "3xx", "4xx", "5xx"]
+            .map(|class| self.requests.get_or_create(&labels(class)).clone());
+        let informational = if upgrades {
+            Informational::Registered(self.requests.get_or_create(&labels("1xx")).clone())
+        } else {
+            Informational::OnFirstUse(self.requests.clone(), labels("1xx"))
+        };
+        RouteMetrics {
+            by_class,
+            informational,
+        }
     }
 
     pub fn upstream(&self, name: &str) -> LatencyHistogram {
@@ -501,8 +538,8 @@ mod tests {
     #[test]
     fn renders_every_series_with_bounded_labels() {
         let m = Metrics::new();
-        m.route("admin").record(200);
-        m.route("admin").record(503);
+        m.route("admin", false).record(200);
+        m.route("admin", false).record(503);
         m.upstream("app").observe(Duration::from_millis(3));
         m.auth_failure("expired");
         m.reload(false);
@@ -522,5 +559,32 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
+    }
+
+    /// 2xx..5xx exist at 0 from the start; 1xx only where a 101 can happen, and a 1xx
+    /// elsewhere is still counted rather than lost.
+    #[test]
+    fn status_classes_are_registered_where_they_can_happen() {
+        let m = Metrics::new();
+        let ws = m.route("ws", true);
+        let api = m.route("api", false);
+        let text = m.render();
+        for class in ["2xx", "3xx", "4xx", "5xx"] {
+            for route in ["ws", "api"] {
+                let series =
+                    format!("authgate_requests_total{{route=\"{route}\",status=\"{class}\"}} 0");
+                assert!(text.contains(&series), "missing {series} in\n{text}");
+            }
+        }
+        assert!(text.contains("authgate_requests_total{route=\"ws\",status=\"1xx\"} 0"));
+        assert!(!text.contains("route=\"api\",status=\"1xx\""), "{text}");
+
+        ws.record(101);
+        api.record(101);
+        api.record(700);
+        let text = m.render();
+        assert!(text.contains("authgate_requests_total{route=\"ws\",status=\"1xx\"} 1"));
+        assert!(text.contains("authgate_requests_total{route=\"api\",status=\"1xx\"} 1"));
+        assert!(text.contains("authgate_requests_total{route=\"api\",status=\"5xx\"} 1"));
     }
 }

@@ -20,7 +20,7 @@ use crate::forward_auth::ForwardAuth;
 use crate::login::{self, Login};
 use crate::metrics::{Bound, Metrics};
 use crate::proxy::headers::StripSet;
-use crate::proxy::upstream::{self, Upstream};
+use crate::proxy::upstream::{self, Target, Upstream};
 use crate::routes::{self, Route, RouteContext, RouteTable};
 use crate::session::CookieSettings;
 use crate::session::NextPolicy;
@@ -272,7 +272,18 @@ fn watched_files(raw: &RawConfig, src: &Source, login: Option<&Login>) -> Vec<Pa
 impl Snapshot {
     /// Looks up this snapshot's metric handles (once; before it serves).
     pub fn bind_metrics(&self, metrics: &Metrics) {
-        let routes: Vec<&str> = self.routes.iter().map(|(_, r)| &*r.name).collect();
+        // A route that forwards to real servers may answer a WebSocket upgrade with 101; the
+        // built-in echo and forward-auth-only routes never do.
+        let routes: Vec<(&str, bool)> = self
+            .routes
+            .iter()
+            .map(|(_, r)| {
+                let upgrades = self
+                    .upstream(r)
+                    .is_some_and(|u| matches!(u.target, Target::Servers(_)));
+                (&*r.name, upgrades)
+            })
+            .collect();
         let upstreams: Vec<&str> = self.upstreams.iter().map(|u| &*u.name).collect();
         let _ = self.bound.set(Bound::new(metrics, &routes, &upstreams));
         for upstream in &self.upstreams {

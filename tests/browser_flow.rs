@@ -514,6 +514,11 @@ mod websocket {
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[0]["x-user-id"], "alice");
         assert!(headers[0].get("authorization").is_none());
+
+        // The 101 is the route's one 1xx series (registered for routes with real servers).
+        let text = admin(&gw, "/metrics").await.text();
+        let series = "authgate_requests_total{route=\"app\",status=\"1xx\"}";
+        assert_eq!(metric(&text, series), 1.0, "{text}");
     }
 
     #[tokio::test]

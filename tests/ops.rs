@@ -29,6 +29,19 @@ async fn health_and_readiness() {
     assert!(r.text().contains(&dead.to_string()), "{}", r.text());
 }
 
+/// 1xx only where a 101 can happen: a route with real servers, not the gateway's own
+/// endpoints or unmatched requests.
+fn only_routes_with_servers_have_a_1xx_series(text: &str) {
+    assert!(
+        text.contains("authgate_requests_total{route=\"app\",status=\"1xx\"} 0"),
+        "{text}"
+    );
+    for never in ["(login)", "(none)", "(jwks)"] {
+        let series = format!("authgate_requests_total{{route=\"{never}\",status=\"1xx\"}}");
+        assert!(!text.contains(&series), "{series} in\n{text}");
+    }
+}
+
 #[tokio::test]
 async fn metrics_cover_requests_failures_latency_cache_reloads_and_logins() {
     let up = Upstream::start().await;
@@ -128,6 +141,7 @@ async fn metrics_cover_requests_failures_latency_cache_reloads_and_logins() {
         text.contains("authgate_upstream_duration_seconds_bucket{le=\"+Inf\",upstream=\"app\"} 2"),
         "{text}"
     );
+    only_routes_with_servers_have_a_1xx_series(&text);
     assert!(!text.contains("/app/a"), "paths never become label values");
 }
 

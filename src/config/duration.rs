@@ -46,6 +46,31 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, largest units first (`5400s` is
+/// `1h30m`), so the JSON Schema can show defaults as they would be typed. Below a millisecond
+/// is dropped: no config duration is that fine.
+pub fn format_duration(d: Duration) -> String {
+    const UNITS: [(&str, u128); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    let mut rest = d.as_millis();
+    if rest == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, ms) in UNITS {
+        if rest >= ms {
+            out.push_str(&format!("{}{unit}", rest / ms));
+            rest %= ms;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +84,24 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration(" 2d "), Ok(Duration::from_secs(172_800)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn formats_largest_units_first() {
+        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_secs(30 * 86_400)), "30d");
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(format_duration(Duration::from_millis(1_250)), "1s250ms");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+    }
+
+    proptest::proptest! {
+        /// What is written reads back as the same duration.
+        #[test]
+        fn formatted_durations_parse_back(ms in 0u64..=10_000_000_000_000) {
+            let d = Duration::from_millis(ms);
+            proptest::prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
     }
 
     #[test]

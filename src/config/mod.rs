@@ -6,45 +6,53 @@ mod diag;
 mod duration;
 mod expand;
 mod locate;
+mod schema;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 pub use diag::Diagnostics;
 pub use duration::parse_duration;
 pub use expand::{ExpandError, expand, expand_with};
 pub use locate::{KeyPath, Seg, locate};
+pub use schema::{schema, schema_json};
 
-/// The whole config file.
-#[derive(Debug, Deserialize)]
+/// The whole config file. Any string value may use `${VAR}` or `${VAR:-default}` from the
+/// environment; durations are written with a unit (`250ms`, `90s`, `15m`, `1h`, `2d`);
+/// unknown keys are errors. `authgate check` validates everything this schema cannot.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Config", title = "authgate gateway.yaml")]
 pub struct RawConfig {
-    /// Address the gateway listens on, e.g. `0.0.0.0:8080`.
+    /// `IP:port` the gateway serves on (default `0.0.0.0:8080`). Takes effect on restart.
     #[serde(default = "default_listen")]
     pub listen: Text,
-    /// The admin listener: `/healthz`, `/readyz`, `/metrics`.
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics` (default `127.0.0.1:9090`).
     #[serde(default)]
     pub admin: RawAdmin,
-    /// Connection limits and timeouts of the main listener.
+    /// Limits and timeouts of the main listener, and HTTPS on it.
     #[serde(default)]
     pub server: RawServer,
-    /// Token verification (and, for the CLI, signing) settings.
+    /// Who issues tokens and which keys verify them (required).
     pub tokens: RawTokens,
-    /// The login route that issues tokens (optional).
+    /// The login route that checks passwords or single sign-on and issues tokens (optional;
+    /// without it authgate only verifies tokens).
     #[serde(default)]
     pub login: Option<RawLogin>,
-    /// The browser session cookie.
+    /// The browser session cookie set by logins (defaults: `authgate_session`, secure, Lax).
     #[serde(default)]
     pub cookie: RawCookie,
-    /// Claims cache bounds.
+    /// The verified-claims cache (default 100000 entries).
     #[serde(default)]
     pub cache: RawCache,
-    /// authgate as the auth service of an edge proxy (optional).
+    /// authgate as the auth service of an edge proxy (nginx `auth_request`, Traefik
+    /// `forwardAuth`, Caddy `forward_auth`); optional.
     #[serde(default)]
     pub forward_auth: Option<RawForwardAuth>,
     /// Where revocations, sessions, refresh tokens and login limits live. Missing: `memory:`,
@@ -55,9 +63,11 @@ pub struct RawConfig {
     /// nothing and passes a client's valid `traceparent` on unchanged). Takes effect on restart.
     #[serde(default)]
     pub telemetry: Option<RawTelemetry>,
-    /// Named upstreams: `name: "http://host:port"` or `name: { url, connect_timeout, timeout }`.
+    /// Named upstreams (required): `name: "http://host:port"` or
+    /// `name: { url | servers, balance, timeouts, tls, health_check }`.
     pub upstreams: BTreeMap<String, RawUpstream>,
-    /// Routes, first match in file order wins.
+    /// Routes (required, at least one), first match in file order wins; no match is a 404.
+    #[schemars(length(min = 1))]
     pub routes: Vec<RawRoute>,
 }
 
@@ -69,8 +79,9 @@ fn default_listen() -> Text {
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 
 /// `admin:` — health, readiness and metrics for operators.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Admin")]
 pub struct RawAdmin {
     /// `IP:port` of the admin listener (default 127.0.0.1:9090).
     #[serde(default = "default_admin_listen")]
@@ -90,8 +101,9 @@ impl Default for RawAdmin {
 }
 
 /// `server:` — bounds on client connections.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Server")]
 pub struct RawServer {
     /// Time a client gets to send a request's headers; for HTTP/1.1 it also bounds how long an
     /// idle keep-alive connection waits for its next request (slowloris). Default 10s.
@@ -100,6 +112,7 @@ pub struct RawServer {
     /// Largest request head (request line and headers) in bytes, at least 8192; larger is a
     /// 431. Default 32 KiB.
     #[serde(default = "default_max_header_bytes")]
+    #[schemars(range(min = 8192))]
     pub max_header_bytes: u32,
     /// Most client connections served at once; further ones wait in the accept queue.
     /// Default 10000. Takes effect on restart.
@@ -123,18 +136,19 @@ pub struct RawServer {
 }
 
 /// `server.tls:` — the main listener speaks HTTPS (TLS 1.2+, ALPN h2 and http/1.1).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tls")]
 pub struct RawTls {
-    /// PEM certificate chain, leaf first.
+    /// PEM certificate chain, leaf first; reloaded when the file changes.
     pub cert_file: Text,
-    /// PEM private key (RSA, ECDSA or Ed25519) of the leaf.
+    /// PEM private key (RSA, ECDSA or Ed25519; PKCS#8, PKCS#1 or SEC1) of the leaf.
     pub key_file: Text,
     /// Require client certificates issued by these CAs (mutual TLS); their identity is
     /// available to routes as `tls.client.*`.
     #[serde(default)]
     pub client_ca_file: Option<Text>,
-    /// A plain-HTTP listener beside the HTTPS one (e.g. `0.0.0.0:8080`).
+    /// A plain-HTTP listener beside the HTTPS one (e.g. `0.0.0.0:8080`); none by default.
     #[serde(default)]
     pub http_listen: Option<Text>,
     /// What the plain-HTTP listener does: `redirect` (308 to https://, the default) or `serve`
@@ -144,11 +158,13 @@ pub struct RawTls {
 }
 
 /// What a plain-HTTP listener beside an HTTPS one does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum PlainHttp {
+    /// Answer every request with a 308 to the same URL on https://.
     #[default]
     Redirect,
+    /// Serve the same routes over plain HTTP.
     Serve,
 }
 
@@ -184,8 +200,9 @@ impl Default for RawServer {
 }
 
 /// `tokens:` — who issues tokens and which keys verify them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tokens")]
 pub struct RawTokens {
     /// `iss` of issued tokens; when set, verified tokens must carry exactly this issuer.
     #[serde(default)]
@@ -193,16 +210,17 @@ pub struct RawTokens {
     /// `aud` of issued tokens; when set, verified tokens must name this audience.
     #[serde(default)]
     pub audience: Option<Text>,
-    /// Lifetime of issued tokens.
+    /// Lifetime of issued tokens (default 1h).
     #[serde(default = "default_ttl")]
     pub ttl: DurationValue,
-    /// Clock skew tolerated on `exp` and `nbf`.
+    /// Clock skew tolerated on `exp` and `nbf` (default 30s).
     #[serde(default = "default_leeway")]
     pub leeway: DurationValue,
-    /// Keys: the first one signs, every one verifies.
+    /// Keys (at least one): the first one signs, every one verifies (rotation).
+    #[schemars(length(min = 1))]
     pub keys: Vec<RawKey>,
     /// External identity providers whose published keys are also trusted, each for tokens
-    /// naming its issuer.
+    /// naming its issuer (default: none).
     #[serde(default)]
     pub jwks: Vec<RawJwks>,
     /// Refresh tokens (optional): login also returns one, exchanged at `login.refresh_path`.
@@ -211,11 +229,13 @@ pub struct RawTokens {
 }
 
 /// `state:` — the store shared by every replica.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "State")]
 pub struct RawState {
-    /// `memory:`, `sqlite:PATH` (relative to this file), `redis://…`, `rediss://…` or
-    /// `redis+sentinel://host1:26379,host2:26379/mymaster/0`. Takes effect on restart.
+    /// `memory:` (the default), `sqlite:PATH` (relative to this file), `redis://…`,
+    /// `rediss://…` or `redis+sentinel://host1:26379,host2:26379/mymaster/0`. Takes effect on
+    /// restart.
     #[serde(default = "default_store")]
     pub store: Text,
 }
@@ -225,8 +245,9 @@ fn default_store() -> Text {
 }
 
 /// `tokens.refresh:` — login also returns a refresh token.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Refresh")]
 pub struct RawRefresh {
     /// Absolute lifetime of a session (its refresh-token family). Default 30d.
     #[serde(default = "default_refresh_ttl")]
@@ -251,8 +272,9 @@ fn default_reuse_grace() -> DurationValue {
 }
 
 /// `tokens.jwks[]` — a remote JWK Set.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Jwks")]
 pub struct RawJwks {
     /// `https://…/jwks.json` (plain `http://` only for loopback addresses).
     pub url: Text,
@@ -290,14 +312,16 @@ fn default_leeway() -> DurationValue {
 }
 
 /// One signing/verification key. Its algorithm is pinned: a token cannot choose another.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Key")]
 pub struct RawKey {
     /// Key id, written as `kid` in issued tokens' headers and used to pick the key on verify.
     pub id: Text,
-    /// The one algorithm this key accepts.
+    /// The one algorithm this key accepts (a token's header cannot choose another).
     pub algorithm: Algorithm,
-    /// HS* only: the shared secret (at least 32 bytes). Use `${VAR}` to keep it out of the file.
+    /// HS* only: the shared secret, at least 32/48/64 bytes for HS256/384/512. Write
+    /// `${VAR}` to keep it out of the file.
     #[serde(default)]
     pub secret: Option<Secret>,
     /// HS* only: a file holding the shared secret (one trailing newline is ignored).
@@ -310,58 +334,73 @@ pub struct RawKey {
     #[serde(default)]
     pub public_key_file: Option<Text>,
     /// Demo convenience: when `secret` expands to an empty string, generate a random secret
-    /// for this process (tokens then do not survive a restart; a warning is logged).
+    /// for this process (tokens then do not survive a restart; a warning is logged). Default
+    /// false.
     #[serde(default)]
     pub ephemeral_if_empty: bool,
 }
 
 /// `login:` — the route that checks a username and password and issues a token.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Login")]
 pub struct RawLogin {
-    /// `POST` here with JSON `{"username","password"}` or an HTML form.
+    /// `GET`: the login page; `POST` here with JSON `{"username","password"}` or an HTML
+    /// form (default `/auth/login`).
     #[serde(default = "default_login_path")]
     pub path: Text,
-    /// `POST` here to log out (clears the cookie, revokes the token).
+    /// `POST` here to log out: clears the cookie and revokes the session; `?everywhere=1`
+    /// every session of the user (default `/auth/logout`).
     #[serde(default = "default_logout_path")]
     pub logout_path: Text,
-    /// `POST` here to exchange a refresh token (when `tokens.refresh` is set).
+    /// `POST` here to exchange a refresh token, when `tokens.refresh` is set (default
+    /// `/auth/refresh`).
     #[serde(default = "default_refresh_path")]
     pub refresh_path: Text,
     /// An HTML file replacing the built-in login page (placeholders: `{{action}}`, `{{next}}`,
-    /// `{{username}}`, `{{error}}`).
+    /// `{{username}}`, `{{error}}`). Default: the built-in page.
     #[serde(default)]
     pub page_template: Option<Text>,
-    /// Users listed inline.
+    /// Users listed inline (default: none).
     #[serde(default)]
     pub users: Vec<RawUser>,
-    /// A YAML file holding a list of users of the same shape (relative to this file).
+    /// A YAML file holding a list of users of the same shape (relative to this file); watched
+    /// and reloaded like the config.
     #[serde(default)]
     pub users_file: Option<Text>,
-    /// Largest login request body accepted, in bytes (413 beyond; checked before any hashing).
+    /// Largest login request body accepted, in bytes (413 beyond; checked before any
+    /// hashing). Default 16384.
     #[serde(default = "default_login_max_body")]
     pub max_body_bytes: u64,
-    /// Brute-force limits.
+    /// Brute-force limits: token buckets per client address and per username; over the
+    /// limit, 429 with `Retry-After`.
     #[serde(default)]
     pub rate_limit: RawLoginRateLimit,
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` is believed when keying the per-client
     /// limit. Empty (the default): the socket peer address is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<Text>,
-    /// Single sign-on through OpenID Connect providers (login ends in authgate's own session).
+    /// Single sign-on through OpenID Connect providers (login ends in authgate's own
+    /// session). Default: none.
     #[serde(default)]
     pub oidc: Vec<RawOidc>,
 }
 
 /// `login.oidc[]` — one OpenID Connect provider (authorization code flow with PKCE).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Oidc")]
 pub struct RawOidc {
-    /// In URLs: `{login base}/oidc/{name}/start` and `.../callback`.
+    /// `[A-Za-z0-9_-]`, unique; in URLs: `{login base}/oidc/{name}/start` and
+    /// `.../callback`, and on the login page's "Sign in with {name}" button.
+    #[schemars(with = "Text")]
     pub name: String,
     /// Discovery: `{issuer}/.well-known/openid-configuration` (https; http only on loopback).
     pub issuer: Text,
+    /// The client id registered at the provider.
     pub client_id: Text,
+    /// The client secret registered at the provider; write `${VAR}` to keep it out of the
+    /// file.
     pub client_secret: Secret,
     /// Must include `openid` (default `openid email profile`).
     #[serde(default = "default_oidc_scopes")]
@@ -374,13 +413,14 @@ pub struct RawOidc {
     #[serde(default)]
     pub auth_method: OidcAuthMethod,
     /// authgate claim ← ID-token claim (dot paths). Without `sub`, the ID token's `sub`.
+    /// Default: only `sub`.
     #[serde(default)]
     pub claims: BTreeMap<String, Text>,
-    /// Rules on the ID token's claims, as a route's `allow`.
+    /// Rules on the ID token's claims, as a route's `allow` (default: none).
     #[serde(default)]
     pub allow: BTreeMap<String, ClaimMatch>,
     /// The login page sends the browser straight to this provider (when it is the only way
-    /// to log in).
+    /// to log in). Default false.
     #[serde(default)]
     pub auto_redirect: bool,
     /// Where the provider sends the browser after an RP-initiated logout (registered at the
@@ -396,11 +436,13 @@ fn default_oidc_scopes() -> Vec<Text> {
 }
 
 /// How authgate authenticates at the provider's token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OidcAuthMethod {
+    /// The client id and secret in an HTTP Basic `Authorization` header.
     #[default]
     ClientSecretBasic,
+    /// The client id and secret in the form body.
     ClientSecretPost,
 }
 
@@ -418,21 +460,24 @@ fn default_login_max_body() -> u64 {
 }
 
 /// One user of the login route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "User")]
 pub struct RawUser {
     /// Becomes `sub` of the issued token.
     pub username: Text,
     /// An argon2 PHC string, as printed by `authgate hash-password`.
     pub password_hash: Secret,
-    /// Copied into issued tokens (`sub`, `iss`, `aud`, `exp`, `nbf`, `iat`, `jti` are reserved).
+    /// Copied into issued tokens (`sub`, `iss`, `aud`, `exp`, `nbf`, `iat`, `jti`, `sid` are
+    /// reserved). Default: none.
     #[serde(default)]
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `login.rate_limit:` — token buckets, keyed per client address and per username.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "LoginRateLimit")]
 pub struct RawLoginRateLimit {
     /// Attempts one client address may make (default 20 per minute).
     #[serde(default = "default_per_client")]
@@ -452,10 +497,13 @@ impl Default for RawLoginRateLimit {
 }
 
 /// `requests` attempts per `per`, refilled evenly; a burst of `requests` is allowed.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rate")]
 pub struct RawRate {
+    /// Attempts allowed in each `per` (also the burst).
     pub requests: u32,
+    /// The period the attempts are spread over, e.g. `1m`.
     pub per: DurationValue,
 }
 
@@ -473,8 +521,9 @@ fn default_per_username() -> RawRate {
 }
 
 /// `cookie:` — the session cookie set by browser logins.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Cookie")]
 pub struct RawCookie {
     /// Cookie name (default `authgate_session`).
     #[serde(default = "default_cookie_name")]
@@ -488,7 +537,8 @@ pub struct RawCookie {
     /// `Domain` attribute; unset (the default) keeps the cookie to the exact host.
     #[serde(default)]
     pub domain: Option<Text>,
-    /// Sliding session: re-issue a cookie token this long before it expires.
+    /// Sliding session: re-issue a cookie token this long before it expires. Unset (the
+    /// default): a cookie token lives its `tokens.ttl`.
     #[serde(default)]
     pub refresh_before: Option<DurationValue>,
 }
@@ -513,19 +563,24 @@ impl Default for RawCookie {
 }
 
 /// `SameSite` attribute of the session cookie.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 pub enum SameSite {
+    /// Sent only on requests from the same site.
     Strict,
+    /// Also sent on top-level navigations from other sites.
     #[default]
     Lax,
+    /// Sent on every request, cross-site ones included; needs `secure: true`.
     None,
 }
 
 /// `cache:` — the verified-claims cache.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Cache")]
 pub struct RawCache {
-    /// Most tokens whose verified claims are kept; 0 disables the cache.
+    /// Most tokens whose verified claims are kept (default 100000); 0 disables the cache. An
+    /// entry never outlives its token's `exp`.
     #[serde(default = "default_max_entries")]
     pub max_entries: u64,
 }
@@ -571,7 +626,7 @@ pub struct RawUpstream {
 }
 
 /// How requests are spread over an upstream's servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Each healthy server in turn.
@@ -583,17 +638,22 @@ pub enum Balance {
 
 /// `health_check:` — a GET every `interval`; a server is out after `unhealthy_after`
 /// failures in a row and back after `healthy_after` successes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "HealthCheck")]
 pub struct RawHealthCheck {
-    /// Path asked (2xx and 3xx are healthy).
+    /// Path asked on each server, on a fresh connection (2xx and 3xx are healthy).
     pub path: Text,
+    /// Time between two checks of a server (default 5s).
     #[serde(default = "default_health_interval")]
     pub interval: DurationValue,
+    /// Time one check may take (default 2s).
     #[serde(default = "default_health_timeout")]
     pub timeout: DurationValue,
+    /// Failed checks in a row that take a server out of rotation (default 2).
     #[serde(default = "default_unhealthy_after")]
     pub unhealthy_after: u32,
+    /// Passed checks in a row that bring it back (default 2).
     #[serde(default = "default_healthy_after")]
     pub healthy_after: u32,
 }
@@ -611,29 +671,51 @@ fn default_healthy_after() -> u32 {
     2
 }
 
-#[derive(Deserialize)]
+/// An upstream written out as a mapping: `url` (one server) or `servers`, not both.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    rename = "UpstreamLong",
+    extend("oneOf" = [{"required": ["url"]}, {"required": ["servers"]}])
+)]
 struct RawUpstreamLong {
+    /// The one server's base URL: `http[s]://host:port[/base/path]`, or `builtin:echo`.
     #[serde(default)]
     url: Option<Text>,
+    /// Several servers' base URLs (same scheme and base path); requests are spread over the
+    /// healthy ones.
     #[serde(default)]
+    #[schemars(length(min = 1))]
     servers: Option<Vec<Text>>,
+    /// `round_robin` (default) or `least_conn`.
     #[serde(default)]
     balance: Balance,
+    /// https: trust only these roots (PEM) instead of the system's.
     #[serde(default)]
     ca_file: Option<Text>,
+    /// https: present this client certificate (PEM chain) ...
     #[serde(default)]
     client_cert_file: Option<Text>,
+    /// ... with this private key (PEM).
     #[serde(default)]
     client_key_file: Option<Text>,
+    /// https: the name sent in SNI and that the certificate must carry (default: each
+    /// server's host).
     #[serde(default)]
     server_name: Option<Text>,
+    /// Active health checks (default: none; a server is then out only while it refuses
+    /// connections, see `eject_for`).
     #[serde(default)]
     health_check: Option<RawHealthCheck>,
+    /// How long a server that refused a connection (or reset a new one before answering)
+    /// gets no traffic (default 10s). An upstream's only server is never ejected.
     #[serde(default = "default_eject_for")]
     eject_for: DurationValue,
+    /// Time allowed to open a connection, TLS handshake included (default 5s; unreachable →
+    /// 502).
     #[serde(default = "default_connect_timeout")]
     connect_timeout: DurationValue,
+    /// Time allowed for the response headers to arrive (default 30s; too slow → 504).
     #[serde(default = "default_upstream_timeout")]
     timeout: DurationValue,
 }
@@ -707,7 +789,7 @@ impl<'de> Deserialize<'de> for RawUpstream {
 }
 
 /// How a route treats tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// No token needed or looked at; identity headers are still stripped.
@@ -720,29 +802,36 @@ pub enum AuthMode {
 }
 
 /// One route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Route")]
 pub struct RawRoute {
-    /// Name used in logs, metrics and `authgate check`.
+    /// Unique name used in logs, metrics and `authgate check`.
+    #[schemars(with = "Text")]
     pub name: String,
-    /// What requests this route takes; an empty match takes every request.
+    /// What requests this route takes; every condition given must hold. An empty (or
+    /// missing) match takes every request.
     #[serde(rename = "match", default)]
     pub matcher: RawMatch,
     /// Name of an entry in `upstreams`. A route used only through `forward_auth` may omit it
     /// (in proxy mode such a route answers 404: there is nowhere to forward to).
     #[serde(default)]
+    #[schemars(with = "Option<Text>")]
     pub upstream: Option<String>,
     /// `none`, `optional` or `required` (default).
     #[serde(default)]
     pub auth: AuthMode,
     /// Claims the token must carry: `claim: value` or `claim: [any, of]`; dot paths reach
-    /// nested claims (`realm_access.roles`). Every listed claim must match.
+    /// nested claims (`realm_access.roles`). Every listed claim must match. Default: none
+    /// (any valid token).
     #[serde(default)]
     pub allow: BTreeMap<String, ClaimMatch>,
-    /// Upstream header name ← claim (dot path); arrays are joined with `,`.
+    /// Upstream header name ← claim (dot path); arrays are joined with `,`. Every header
+    /// named here is removed from every incoming request first. Default: none.
     #[serde(default)]
     pub headers: BTreeMap<String, Text>,
-    /// Removed from the front of the path before forwarding (segment-aware).
+    /// Removed from the front of the path before forwarding (segment-aware); must be a
+    /// prefix of every path the route takes. Default: none.
     #[serde(default)]
     pub strip_prefix: Option<Text>,
     /// Send the client's `Authorization` header and session cookie upstream (default false).
@@ -753,6 +842,7 @@ pub struct RawRoute {
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
     /// A signed identity assertion for the upstream (or the edge, in forward-auth mode).
+    /// Default: none.
     #[serde(default)]
     pub assertion: Option<RawAssertion>,
 }
@@ -760,8 +850,9 @@ pub struct RawRoute {
 /// `assertion:` on a route — a short-lived JWT signed with authgate's first asymmetric key,
 /// `aud` = the route's name, carrying the route's identity claims; verifiable with
 /// `/.well-known/jwks.json`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Assertion")]
 pub struct RawAssertion {
     /// The header it travels in (default `X-Authgate-Assertion`).
     #[serde(default = "default_assertion_header")]
@@ -780,24 +871,26 @@ fn default_assertion_ttl() -> DurationValue {
 
 /// `forward_auth:` — authgate as the auth service of an edge proxy (nginx `auth_request`,
 /// Traefik `forwardAuth`, Caddy `forward_auth`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "ForwardAuth")]
 pub struct RawForwardAuth {
-    /// The verify endpoint on the main listener.
+    /// The verify endpoint on the main listener (default `/_authgate/verify`).
     #[serde(default = "default_forward_auth_path")]
     pub path: Text,
     /// Only these peers (IPs or CIDRs) may name the original request in `X-Forwarded-*` /
-    /// `X-Original-*`; anyone else gets 403.
+    /// `X-Original-*`; anyone else gets 403. Required.
     pub trusted_proxies: Vec<Text>,
     /// Hosts (exact, or `*.example.com`) a login may send the browser back to, besides the
-    /// hosts the routes name.
+    /// hosts the routes name. Default: none.
     #[serde(default)]
     pub next_hosts: Vec<Text>,
 }
 
 /// `telemetry:` — what the gateway tells an OpenTelemetry collector.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Telemetry")]
 pub struct RawTelemetry {
     /// One span per request, exported over OTLP/HTTP (optional).
     #[serde(default)]
@@ -805,8 +898,9 @@ pub struct RawTelemetry {
 }
 
 /// `telemetry.traces:` — export one span per request and continue the client's W3C trace.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Traces")]
 pub struct RawTraces {
     /// The collector's OTLP/HTTP traces URL, used as written (protobuf is POSTed to it), e.g.
     /// `http://otel-collector:4318/v1/traces`.
@@ -818,6 +912,7 @@ pub struct RawTraces {
     /// ones). A client's `traceparent` decides for its own trace: sampled is kept, unsampled is
     /// not. Default 1.0.
     #[serde(default = "default_sample_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub sample_ratio: f64,
     /// Headers sent with every export (e.g. `Authorization: "Bearer ${OTLP_TOKEN}"`); never
     /// logged.
@@ -851,25 +946,27 @@ fn default_forward_auth_path() -> Text {
 }
 
 /// `match:` — every condition given must hold.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Match")]
 pub struct RawMatch {
-    /// Exact normalized path.
+    /// Exact normalized path (`/a/../b` is refused: write `/b`). Default: any path.
     #[serde(default)]
     pub path: Option<Text>,
     /// Segment-aware prefix: `/admin` takes `/admin` and `/admin/x`, not `/administrator`.
+    /// Default: any path.
     #[serde(default)]
     pub path_prefix: Option<Text>,
-    /// Methods taken (upper case); GET also takes HEAD.
+    /// Methods taken (upper case); GET also takes HEAD. Default: every method.
     #[serde(default)]
     pub methods: Option<Vec<Text>>,
-    /// Host, compared case-insensitively without port or trailing dot.
+    /// Host, compared case-insensitively without port or trailing dot. Default: any host.
     #[serde(default)]
     pub host: Option<Text>,
 }
 
 /// Signing algorithms a key can be pinned to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 pub enum Algorithm {
     HS256,
     HS384,
