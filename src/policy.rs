@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::auth::ClaimSource;
 use crate::auth::claims::render;
 use crate::auth::issue::RESERVED_CLAIMS;
+use crate::auth::{AllowRule, ClaimSource};
 use crate::auth::{TokenError, VerifiedToken};
 use crate::clock::unix_now;
 use crate::config::AuthMode;
@@ -62,23 +62,63 @@ impl Denial {
     }
 }
 
+/// Watches a decision while [`authorize_observed`] makes it, step by step (`authgate
+/// explain`). Every method has an empty default: the gateway passes [`NoTrace`], a zero-sized
+/// type, so each call compiles to nothing and the request path pays neither a branch nor an
+/// allocation.
+pub trait Observer {
+    /// The route table's answer (`None`: no route takes the request).
+    fn route(&mut self, _found: Option<usize>) {}
+    /// Where the request's token was found (`None`: there was none).
+    fn credential(&mut self, _source: Option<TokenSource>) {}
+    /// The token's verification (memo, claims cache or the full check), when the route looked
+    /// at a token.
+    fn verified(&mut self, _outcome: Result<&Arc<VerifiedToken>, &TokenError>) {}
+    /// The revocation mirror's answer for a verified token.
+    fn revocation(&mut self, _revoked: bool) {}
+    /// One `allow` rule, with the claims it read (`None`: no client certificate to read).
+    fn allow(
+        &mut self,
+        _rule: &AllowRule,
+        _claims: Option<&serde_json::Map<String, serde_json::Value>>,
+        _passed: bool,
+    ) {
+    }
+}
+
+/// The observer of the request path: watches nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTrace;
+
+impl Observer for NoTrace {}
+
 /// Decides on one request.
 pub async fn authorize(
     snap: &Snapshot,
     mirror: &Mirror,
     view: &RequestView<'_>,
 ) -> Result<Grant, Box<Denial>> {
-    let (index, route) = snap
-        .routes
-        .find(view.method, view.host_str(), view.path)
-        .ok_or_else(|| Denial::new(None, GatewayError::NoRoute))?;
+    authorize_observed(snap, mirror, view, &mut NoTrace).await
+}
+
+/// [`authorize`], reporting each step to `obs`: the one decision, watched.
+pub async fn authorize_observed(
+    snap: &Snapshot,
+    mirror: &Mirror,
+    view: &RequestView<'_>,
+    obs: &mut impl Observer,
+) -> Result<Grant, Box<Denial>> {
+    let found = snap.routes.find(view.method, view.host_str(), view.path);
+    obs.route(found.map(|(index, _)| index));
+    let (index, route) = found.ok_or_else(|| Denial::new(None, GatewayError::NoRoute))?;
     let found = credentials::token(view.headers, &snap.cookie.name)
         .map_err(|e| Denial::new(Some(index), e))?;
     let credential = found.map(|(_, source)| source);
+    obs.credential(credential);
     let https = view.scheme == Scheme::Https;
     let from_cookie = credential == Some(TokenSource::Cookie);
     let (token, cleared) =
-        match authenticate(snap, mirror, route, view, found.map(|(t, _)| t)).await {
+        match authenticate(snap, mirror, route, view, found.map(|(t, _)| t), obs).await {
             Ok(token) => (token, None),
             // An optional route treats an unusable session cookie as no session.
             Err(_) if from_cookie && route.auth == AuthMode::Optional => {
@@ -86,7 +126,7 @@ pub async fn authorize(
             }
             Err(reason) => return Err(refused(snap, view, index, reason, from_cookie)),
         };
-    if let Err(e) = check_allow(route, token.as_deref(), view.conn) {
+    if let Err(e) = check_allow(route, token.as_deref(), view.conn, obs) {
         let mut denial = match e {
             GatewayError::Token(reason) => refused(snap, view, index, reason, from_cookie),
             other => Denial::new(Some(index), other),
@@ -179,30 +219,34 @@ async fn authenticate(
     route: &Route,
     view: &RequestView<'_>,
     token: Option<&str>,
+    obs: &mut impl Observer,
 ) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
     let memo = &view.conn.memo;
     let verified = match (route.auth, token) {
         (AuthMode::None, _) => return Ok(None),
-        (_, Some(token)) => match memo.get(snap.generation, token) {
-            Some(verified) => {
-                snap.verifier.cache().record_hit();
-                verified
-            }
-            None => {
-                let verified = snap.verifier.verify(token).await?;
-                memo.set(snap.generation, token, &verified);
-                verified
-            }
-        },
+        (_, Some(token)) => {
+            let verified = match memo.get(snap.generation, token) {
+                Some(verified) => {
+                    snap.verifier.cache().record_hit();
+                    Ok(verified)
+                }
+                None => (snap.verifier.verify(token).await)
+                    .inspect(|verified| memo.set(snap.generation, token, verified)),
+            };
+            obs.verified(verified.as_ref());
+            verified?
+        }
         (AuthMode::Required, None) => return Err(TokenError::Missing),
         (AuthMode::Optional, None) => return Ok(None),
     };
-    if mirror.is_revoked(
+    let revoked = mirror.is_revoked(
         verified.jti.as_deref(),
         verified.sid.as_deref(),
         verified.sub.as_deref(),
         verified.iat,
-    ) {
+    );
+    obs.revocation(revoked);
+    if revoked {
         return Err(TokenError::Revoked);
     }
     Ok(Some(verified))
@@ -214,6 +258,7 @@ fn check_allow(
     route: &Route,
     verified: Option<&VerifiedToken>,
     conn: &Conn,
+    obs: &mut impl Observer,
 ) -> Result<(), GatewayError> {
     for rule in &route.allow {
         let claims = match (rule.source, verified, &conn.client) {
@@ -222,10 +267,13 @@ fn check_allow(
             (ClaimSource::Connection, _, Some(client)) => &**client,
             // No client certificate: nothing to match.
             (ClaimSource::Connection, _, None) => {
+                obs.allow(rule, None, false);
                 return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
             }
         };
-        if !rule.matches(claims) {
+        let passed = rule.matches(claims);
+        obs.allow(rule, Some(claims), passed);
+        if !passed {
             return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
         }
     }
