@@ -92,22 +92,49 @@ pub struct NoTrace;
 
 impl Observer for NoTrace {}
 
-/// Decides on one request.
-pub async fn authorize(
-    snap: &Snapshot,
-    mirror: &Mirror,
-    view: &RequestView<'_>,
-) -> Result<Grant, Box<Denial>> {
-    authorize_observed(snap, mirror, view, &mut NoTrace).await
+/// A borrowed observer, so a caller keeps what it recorded.
+impl<T: Observer> Observer for &mut T {
+    fn route(&mut self, found: Option<usize>) {
+        (**self).route(found);
+    }
+    fn credential(&mut self, source: Option<TokenSource>) {
+        (**self).credential(source);
+    }
+    fn verified(&mut self, outcome: Result<&Arc<VerifiedToken>, &TokenError>) {
+        (**self).verified(outcome);
+    }
+    fn revocation(&mut self, revoked: bool) {
+        (**self).revocation(revoked);
+    }
+    fn allow(
+        &mut self,
+        rule: &AllowRule,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+        passed: bool,
+    ) {
+        (**self).allow(rule, claims, passed);
+    }
 }
 
-/// [`authorize`], reporting each step to `obs`: the one decision, watched.
-pub async fn authorize_observed(
+/// Decides on one request. The future is [`authorize_observed`]'s with a zero-sized observer
+/// (no wrapper future, no extra state).
+pub fn authorize(
     snap: &Snapshot,
     mirror: &Mirror,
     view: &RequestView<'_>,
-    obs: &mut impl Observer,
+) -> impl Future<Output = Result<Grant, Box<Denial>>> + Send {
+    authorize_observed(snap, mirror, view, NoTrace)
+}
+
+/// [`authorize`], reporting each step to `obs` (pass `&mut` to keep what it recorded): the one
+/// decision, watched.
+pub async fn authorize_observed<O: Observer>(
+    snap: &Snapshot,
+    mirror: &Mirror,
+    view: &RequestView<'_>,
+    mut obs: O,
 ) -> Result<Grant, Box<Denial>> {
+    let obs = &mut obs;
     let found = snap.routes.find(view.method, view.host_str(), view.path);
     obs.route(found.map(|(index, _)| index));
     let (index, route) = found.ok_or_else(|| Denial::new(None, GatewayError::NoRoute))?;
