@@ -134,7 +134,8 @@ pub async fn authorize_observed<O: Observer>(
     view: &RequestView<'_>,
     mut obs: O,
 ) -> Result<Grant, Box<Denial>> {
-    let obs = &mut obs;
+    // `obs` is only borrowed for each call, never across the await: the gateway's future then
+    // holds nothing for it (`NoTrace` is zero-sized).
     let found = snap.routes.find(view.method, view.host_str(), view.path);
     obs.route(found.map(|(index, _)| index));
     let (index, route) = found.ok_or_else(|| Denial::new(None, GatewayError::NoRoute))?;
@@ -144,16 +145,16 @@ pub async fn authorize_observed<O: Observer>(
     obs.credential(credential);
     let https = view.scheme == Scheme::Https;
     let from_cookie = credential == Some(TokenSource::Cookie);
-    let (token, cleared) =
-        match authenticate(snap, mirror, route, view, found.map(|(t, _)| t), obs).await {
-            Ok(token) => (token, None),
-            // An optional route treats an unusable session cookie as no session.
-            Err(_) if from_cookie && route.auth == AuthMode::Optional => {
-                (None, Some(snap.cookie.clear(https)))
-            }
-            Err(reason) => return Err(refused(snap, view, index, reason, from_cookie)),
-        };
-    if let Err(e) = check_allow(route, token.as_deref(), view.conn, obs) {
+    let verified = authenticate(snap, route, view, found.map(|(t, _)| t)).await;
+    let (token, cleared) = match not_revoked(mirror, verified, &mut obs) {
+        Ok(token) => (token, None),
+        // An optional route treats an unusable session cookie as no session.
+        Err(_) if from_cookie && route.auth == AuthMode::Optional => {
+            (None, Some(snap.cookie.clear(https)))
+        }
+        Err(reason) => return Err(refused(snap, view, index, reason, from_cookie)),
+    };
+    if let Err(e) = check_allow(route, token.as_deref(), view.conn, &mut obs) {
         let mut denial = match e {
             GatewayError::Token(reason) => refused(snap, view, index, reason, from_cookie),
             other => Denial::new(Some(index), other),
@@ -239,33 +240,51 @@ fn assertion(
     Some((settings.header.clone(), signed))
 }
 
-/// Runs the route's auth mode and the revocation list: the verified token when there is one.
+/// Runs the route's auth mode: the verified token when there is one (from the connection's
+/// memo, the claims cache or a full verification).
 async fn authenticate(
     snap: &Snapshot,
-    mirror: &Mirror,
     route: &Route,
     view: &RequestView<'_>,
     token: Option<&str>,
-    obs: &mut impl Observer,
 ) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
     let memo = &view.conn.memo;
-    let verified = match (route.auth, token) {
-        (AuthMode::None, _) => return Ok(None),
-        (_, Some(token)) => {
-            let verified = match memo.get(snap.generation, token) {
-                Some(verified) => {
-                    snap.verifier.cache().record_hit();
-                    Ok(verified)
-                }
-                None => (snap.verifier.verify(token).await)
-                    .inspect(|verified| memo.set(snap.generation, token, verified)),
-            };
-            obs.verified(verified.as_ref());
-            verified?
+    match (route.auth, token) {
+        (AuthMode::None, _) => Ok(None),
+        (_, Some(token)) => match memo.get(snap.generation, token) {
+            Some(verified) => {
+                snap.verifier.cache().record_hit();
+                Ok(Some(verified))
+            }
+            None => {
+                let verified = snap.verifier.verify(token).await?;
+                memo.set(snap.generation, token, &verified);
+                Ok(Some(verified))
+            }
+        },
+        (AuthMode::Required, None) => Err(TokenError::Missing),
+        (AuthMode::Optional, None) => Ok(None),
+    }
+}
+
+/// The revocation list, on a verified token. Reports the verification's outcome and the
+/// list's answer to `obs`.
+fn not_revoked(
+    mirror: &Mirror,
+    verified: Result<Option<Arc<VerifiedToken>>, TokenError>,
+    obs: &mut impl Observer,
+) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
+    let verified = match verified {
+        Ok(Some(verified)) => verified,
+        // No token where one is required: nothing was verified.
+        Err(TokenError::Missing) => return Err(TokenError::Missing),
+        Err(e) => {
+            obs.verified(Err(&e));
+            return Err(e);
         }
-        (AuthMode::Required, None) => return Err(TokenError::Missing),
-        (AuthMode::Optional, None) => return Ok(None),
+        Ok(None) => return Ok(None),
     };
+    obs.verified(Ok(&verified));
     let revoked = mirror.is_revoked(
         verified.jti.as_deref(),
         verified.sid.as_deref(),
