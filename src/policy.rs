@@ -495,6 +495,95 @@ routes:
         assert_eq!(roles.1, "admin,dev");
     }
 
+    /// Records each step an observed decision reports, as text.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl Observer for Recorder {
+        fn route(&mut self, found: Option<usize>) {
+            self.0.push(format!("route {found:?}"));
+        }
+        fn credential(&mut self, source: Option<TokenSource>) {
+            self.0.push(format!("credential {source:?}"));
+        }
+        fn verified(&mut self, outcome: Result<&Arc<VerifiedToken>, &TokenError>) {
+            self.0.push(match outcome {
+                Ok(t) => format!("verified {}", t.sub.as_deref().unwrap_or("-")),
+                Err(e) => format!("refused {}", e.reason()),
+            });
+        }
+        fn revocation(&mut self, revoked: bool) {
+            self.0.push(format!("revoked {revoked}"));
+        }
+        fn allow(
+            &mut self,
+            rule: &AllowRule,
+            claims: Option<&serde_json::Map<String, Value>>,
+            passed: bool,
+        ) {
+            let saw = claims.and_then(|c| rule.claim.lookup(c)).cloned();
+            self.0
+                .push(format!("allow {} {saw:?} {passed}", rule.claim.as_str()));
+        }
+    }
+
+    async fn observed(snap: &Snapshot, mirror: &Mirror, path: &str, t: &str) -> Vec<String> {
+        let mut map = HeaderMap::new();
+        map.insert("host", "gw".parse().unwrap());
+        map.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        let uri: Uri = path.parse().unwrap();
+        let conn = Conn::new(
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+            Scheme::Http,
+        );
+        let target = Target::check(&Method::GET, &uri, Version::HTTP_11, &map, |_| true).unwrap();
+        let view = RequestView::new(&Method::GET, &target, &map, &conn);
+        let mut recorder = Recorder::default();
+        let _ = authorize_observed(snap, mirror, &view, &mut recorder).await;
+        recorder.0
+    }
+
+    #[tokio::test]
+    async fn an_observed_decision_reports_each_step_in_order() {
+        assert_eq!(
+            std::mem::size_of::<NoTrace>(),
+            0,
+            "the gateway's observer is free"
+        );
+        let (snap, mirror) = (snapshot(), Mirror::default());
+        let dev = token(json!({"roles": ["dev"], "jti": "j1"}));
+        assert_eq!(
+            observed(&snap, &mirror, "/admin/x", &dev).await,
+            [
+                "route Some(2)",
+                "credential Some(Header)",
+                "verified alice",
+                "revoked false",
+                "allow roles Some(Array [String(\"dev\")]) false",
+            ]
+        );
+        assert_eq!(
+            observed(&snap, &mirror, "/nowhere", &dev).await,
+            ["route None"]
+        );
+        let expired = token(json!({"exp": unix_now() - 3600}));
+        assert_eq!(
+            observed(&snap, &mirror, "/app/x", &expired).await,
+            [
+                "route Some(3)",
+                "credential Some(Header)",
+                "refused expired"
+            ]
+        );
+        mirror.apply(&Revocation::Token {
+            jti: "j1".into(),
+            until: unix_now() + 60,
+        });
+        let steps = observed(&snap, &mirror, "/app/x", &dev).await;
+        assert_eq!(steps[2..], ["verified alice", "revoked true"]);
+    }
+
     #[tokio::test]
     async fn browsers_are_sent_to_the_login_page_and_bad_cookies_cleared() {
         let (snap, mirror) = (snapshot(), Mirror::default());

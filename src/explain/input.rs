@@ -106,6 +106,11 @@ pub fn parse(snap: &Snapshot, args: &Args) -> Result<Input, String> {
 }
 
 fn parse_url(url: &str) -> Result<(Uri, Scheme), String> {
+    if !url.starts_with('/') && !url.contains("://") {
+        return Err(format!(
+            "`{url}`: give an absolute URL (https://host/path) or a path starting with `/`"
+        ));
+    }
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
