@@ -124,16 +124,19 @@ fn explain(cli: &Cli, args: &authgate::explain::Args, format: cli::ExplainFormat
             return ExitCode::from(EXPLAIN_BAD_INPUT);
         }
     };
-    match format {
-        cli::ExplainFormat::Text => print!("{}", authgate::explain::text::render(&report)),
+    let output = match format {
+        cli::ExplainFormat::Text => authgate::explain::text::render(&report),
         cli::ExplainFormat::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
+            Ok(json) => json + "\n",
             Err(e) => {
                 eprintln!("authgate explain: {e}");
                 return ExitCode::from(EXPLAIN_BAD_INPUT);
             }
         },
-    }
+    };
+    // A reader that stops early (`| head`) is no reason to panic; the exit status still says
+    // what the gateway would do.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), output.as_bytes());
     ExitCode::from(report.exit_code())
 }
 
