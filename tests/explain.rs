@@ -742,3 +742,93 @@ async fn explain_picks_the_route_a_running_gateway_picks() {
         );
     }
 }
+
+/// A fake identity provider serving one JWK Set (or an error status), counting fetches.
+async fn serve_jwks(
+    status: u16,
+    body: String,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = fetches.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (counted, body) = (counted.clone(), body.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let mut resp = http::Response::new(http_body_util::Full::new(
+                        bytes::Bytes::from(body.clone()),
+                    ));
+                    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, fetches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_a_remote_provider_is_verified_with_its_fetched_keys() {
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use std::sync::atomic::Ordering;
+    let (private, _) = keypair("RS256");
+    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&encoding, jsonwebtoken::Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some("idp-1".into());
+    let set = serde_json::to_string(&JwkSet { keys: vec![jwk] }).unwrap();
+    let issuer = "https://idp.test/";
+    let claims = json!({"sub": "zoe", "iss": issuer, "aud": "apps", "exp": now() + 600});
+    let token = sign_pem(
+        jsonwebtoken::Algorithm::RS256,
+        &private,
+        Some("idp-1"),
+        &claims,
+    );
+    for (status, code, said) in [(200, 0, "(1 keys)"), (500, 1, "could not fetch")] {
+        let (addr, fetches) = serve_jwks(status, set.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_file(
+            &dir,
+            &format!(
+                "tokens:\n  issuer: authgate\n  audience: apps\n  keys: [{{ id: k1, algorithm: HS256, secret: \"{{SECRET}}\" }}]\n  jwks:\n    - {{ url: \"http://{addr}/jwks.json\", issuer: \"{issuer}\", audience: apps }}\nupstreams: {{ app: \"http://127.0.0.1:9\" }}\nroutes:\n  - {{ name: app, upstream: app, headers: {{ X-User-Id: sub }} }}\n"
+            ),
+        );
+        let jwt = token.clone();
+        let e = tokio::task::spawn_blocking(move || {
+            explain(&config, &["GET", "/x", "-H", "Host: gw", "--token", &jwt])
+        })
+        .await
+        .unwrap();
+        let checks = e.json["auth"]["token"]["checks"].clone();
+        assert_eq!(e.code, code, "{}", e.json);
+        assert!(
+            e.json["notes"].to_string().contains(said),
+            "{}",
+            e.json["notes"]
+        );
+        assert!(
+            fetches.load(Ordering::SeqCst) >= 1,
+            "explain fetched the key set"
+        );
+        if code == 0 {
+            assert_eq!(header(&e.json, "x-user-id"), Some("zoe"));
+            let signature = &checks[1];
+            assert!(
+                signature["detail"].as_str().unwrap().contains("JWKS"),
+                "{signature}"
+            );
+        } else {
+            assert_eq!(e.json["status"], 401);
+        }
+    }
+}

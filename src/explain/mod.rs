@@ -82,6 +82,12 @@ pub async fn explain(snap: &Snapshot, args: &Args) -> Result<Report, String> {
         return Ok(report);
     }
     decide(snap, &input, &view, &target, &mut report).await;
+    if let Some(fa) = &snap.forward_auth {
+        report.notes.push(format!(
+            "this is the answer to a proxied request; an edge asking {} gets the same decision, answered for the edge (see the README's Forward-auth section)",
+            fa.path
+        ));
+    }
     Ok(report)
 }
 
