@@ -626,7 +626,19 @@ def failover(tokens):
 
 # ---------------------------------------------------------------------------------------------
 
+PORTS = [18001, 18002, 18003, 18004, 18005, 18006, 18080, 18081, 18082, 19003, REDIS_PORT]
+
+
+def ports_free():
+    """A leftover process on one of the bench's ports would answer for the target under test."""
+    for port in PORTS:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise SystemExit("port %d is in use: stop whatever listens there first" % port)
+
+
 def main():
+    ports_free()
     tokens = load_tokens()
     upstream = start(["nginx", "-c", render("upstream-nginx.conf")], cpu=TARGET_CPU)
     wait_ready("http://127.0.0.1:18080/", body="user=")

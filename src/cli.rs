@@ -1,5 +1,5 @@
-//! Command line (clap): `run` (default), `check`, `hash-password`, `token`, `healthcheck`,
-//! `revoke`, `schema`.
+//! Command line (clap): `run` (default), `check`, `hash-password`, `token`, `explain`,
+//! `healthcheck`, `revoke`, `schema`.
 
 use std::path::PathBuf;
 
@@ -43,6 +43,13 @@ pub enum LogFormat {
     Json,
 }
 
+/// Output of `authgate explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExplainFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve (the default).
@@ -63,6 +70,33 @@ pub enum Command {
         /// Lifetime (e.g. `15m`); defaults to `tokens.ttl`.
         #[arg(long)]
         ttl: Option<String>,
+    },
+    /// Explain how the gateway would answer one request, without sending anything anywhere:
+    /// the normalized path, each route tried, the token checks, the `allow` rules, the headers
+    /// and path the upstream would receive, and where it would go.
+    ///
+    /// Exit 0 when the request would be forwarded (or answered by a gateway endpoint such as
+    /// the login page), 1 when the gateway would refuse it, 2 on bad input (config, URL,
+    /// header, claims). Revocation is not checked (the state store is not contacted); a remote
+    /// JWKS is fetched as the gateway would when the request carries a token.
+    Explain {
+        /// Method, as sent (methods are case-sensitive).
+        method: String,
+        /// `https://host/path?query`, or `/path?query` with a `Host` header.
+        url: String,
+        /// A request header, `Name: value` (repeatable), e.g. `-H 'X-User-Id: root'`.
+        #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// A JWT sent as `Authorization: Bearer`, verified as the gateway would.
+        #[arg(long, value_name = "JWT", conflicts_with = "claims")]
+        token: Option<String>,
+        /// Pretend a valid token with these claims (a JSON object with `sub`) was sent: it is
+        /// signed here with the config's first key, so only its signature proves nothing.
+        #[arg(long, value_name = "JSON")]
+        claims: Option<String>,
+        /// Output format; `json` is a stable object documented in the README.
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
     },
     /// Exit 0 when the running gateway's admin `/healthz` answers 200 (Docker's HEALTHCHECK).
     ///

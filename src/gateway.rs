@@ -113,6 +113,14 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
+/// The request's id: the client's `X-Request-Id` when it is short and plain, else a new one.
+pub fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if sane_request_id(id) => id.clone(),
+        _ => new_request_id(),
+    }
+}
+
 fn jwks_response(document: &bytes::Bytes) -> Response<Body> {
     let mut resp = crate::response::full(StatusCode::OK, "application/json", document.clone());
     resp.headers_mut().insert(
@@ -238,10 +246,7 @@ impl Gateway {
         let snap = self.snapshot.load_full();
         let method = req.method().clone();
         let version = req.version();
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(id) if sane_request_id(id) => id.clone(),
-            _ => new_request_id(),
-        };
+        let request_id = request_id(req.headers());
         let trace = RequestTrace::start(self.traces.as_ref(), req.headers());
         let mut outcome = Outcome {
             timed: trace.recording(),

@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod endpoints;
 pub mod error;
+pub mod explain;
 pub mod forward_auth;
 pub mod gateway;
 pub mod healthcheck;

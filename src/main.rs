@@ -38,6 +38,23 @@ fn main() -> ExitCode {
         Some(Command::Check) => return check(&cli),
         Some(Command::HashPassword) => hash_password(),
         Some(Command::Token { sub, claims, ttl }) => token(&cli, sub, claims, ttl.as_deref()),
+        Some(Command::Explain {
+            method,
+            url,
+            headers,
+            token,
+            claims,
+            format,
+        }) => {
+            let args = authgate::explain::Args {
+                method: method.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+                token: token.clone(),
+                claims: claims.clone(),
+            };
+            return explain(&cli, &args, *format);
+        }
         Some(Command::Healthcheck { admin_addr }) => healthcheck(&cli, admin_addr.as_deref()),
         Some(Command::Revoke { sub, sid, jti }) => revoke(&cli, sub, sid, jti),
         Some(Command::Schema) => schema(),
@@ -74,6 +91,54 @@ fn check(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit status of `authgate explain` on bad input (config, URL, header, claims); 0 and 1 are
+/// allowed and refused.
+const EXPLAIN_BAD_INPUT: u8 = 2;
+
+fn explain(cli: &Cli, args: &authgate::explain::Args, format: cli::ExplainFormat) -> ExitCode {
+    let loaded = match Loaded::load(&cli.config) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            for line in e.diagnostics() {
+                eprintln!("{line}");
+            }
+            return ExitCode::from(EXPLAIN_BAD_INPUT);
+        }
+    };
+    // One thread: explain sends nothing but, at most, one fetch per remote key set.
+    let tokio = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("authgate explain: cannot start the async runtime: {e}");
+            return ExitCode::from(EXPLAIN_BAD_INPUT);
+        }
+    };
+    let report = match tokio.block_on(authgate::explain::explain(&loaded.snapshot, args)) {
+        Ok(report) => report,
+        Err(why) => {
+            eprintln!("authgate explain: {why}");
+            return ExitCode::from(EXPLAIN_BAD_INPUT);
+        }
+    };
+    let output = match format {
+        cli::ExplainFormat::Text => authgate::explain::text::render(&report),
+        cli::ExplainFormat::Json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => json + "\n",
+            Err(e) => {
+                eprintln!("authgate explain: {e}");
+                return ExitCode::from(EXPLAIN_BAD_INPUT);
+            }
+        },
+    };
+    // A reader that stops early (`| head`) is no reason to panic; the exit status still says
+    // what the gateway would do.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), output.as_bytes());
+    ExitCode::from(report.exit_code())
 }
 
 fn hash_password() -> anyhow::Result<()> {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue};
 
-use crate::auth::ClaimSource;
 use crate::auth::claims::render;
 use crate::auth::issue::RESERVED_CLAIMS;
+use crate::auth::{AllowRule, ClaimSource};
 use crate::auth::{TokenError, VerifiedToken};
 use crate::clock::unix_now;
 use crate::config::AuthMode;
@@ -62,31 +62,99 @@ impl Denial {
     }
 }
 
-/// Decides on one request.
-pub async fn authorize(
+/// Watches a decision while [`authorize_observed`] makes it, step by step (`authgate
+/// explain`). Every method has an empty default: the gateway passes [`NoTrace`], a zero-sized
+/// type, so each call compiles to nothing and the request path pays neither a branch nor an
+/// allocation.
+pub trait Observer {
+    /// The route table's answer (`None`: no route takes the request).
+    fn route(&mut self, _found: Option<usize>) {}
+    /// Where the request's token was found (`None`: there was none).
+    fn credential(&mut self, _source: Option<TokenSource>) {}
+    /// The token's verification (memo, claims cache or the full check), when the route looked
+    /// at a token.
+    fn verified(&mut self, _outcome: Result<&Arc<VerifiedToken>, &TokenError>) {}
+    /// The revocation mirror's answer for a verified token.
+    fn revocation(&mut self, _revoked: bool) {}
+    /// One `allow` rule, with the claims it read (`None`: no client certificate to read).
+    fn allow(
+        &mut self,
+        _rule: &AllowRule,
+        _claims: Option<&serde_json::Map<String, serde_json::Value>>,
+        _passed: bool,
+    ) {
+    }
+}
+
+/// The observer of the request path: watches nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoTrace;
+
+impl Observer for NoTrace {}
+
+/// A borrowed observer, so a caller keeps what it recorded.
+impl<T: Observer> Observer for &mut T {
+    fn route(&mut self, found: Option<usize>) {
+        (**self).route(found);
+    }
+    fn credential(&mut self, source: Option<TokenSource>) {
+        (**self).credential(source);
+    }
+    fn verified(&mut self, outcome: Result<&Arc<VerifiedToken>, &TokenError>) {
+        (**self).verified(outcome);
+    }
+    fn revocation(&mut self, revoked: bool) {
+        (**self).revocation(revoked);
+    }
+    fn allow(
+        &mut self,
+        rule: &AllowRule,
+        claims: Option<&serde_json::Map<String, serde_json::Value>>,
+        passed: bool,
+    ) {
+        (**self).allow(rule, claims, passed);
+    }
+}
+
+/// Decides on one request. The future is [`authorize_observed`]'s with a zero-sized observer
+/// (no wrapper future, no extra state).
+pub fn authorize(
     snap: &Snapshot,
     mirror: &Mirror,
     view: &RequestView<'_>,
+) -> impl Future<Output = Result<Grant, Box<Denial>>> + Send {
+    authorize_observed(snap, mirror, view, NoTrace)
+}
+
+/// [`authorize`], reporting each step to `obs` (pass `&mut` to keep what it recorded): the one
+/// decision, watched.
+pub async fn authorize_observed<O: Observer>(
+    snap: &Snapshot,
+    mirror: &Mirror,
+    view: &RequestView<'_>,
+    mut obs: O,
 ) -> Result<Grant, Box<Denial>> {
-    let (index, route) = snap
-        .routes
-        .find(view.method, view.host_str(), view.path)
-        .ok_or_else(|| Denial::new(None, GatewayError::NoRoute))?;
+    // `obs` is only borrowed for each call, never across the await: the gateway's future then
+    // holds nothing for it (`NoTrace` is zero-sized).
+    let found = snap.routes.find(view.method, view.host_str(), view.path);
+    obs.route(found.map(|(index, _)| index));
+    let (index, route) = found.ok_or_else(|| Denial::new(None, GatewayError::NoRoute))?;
     let found = credentials::token(view.headers, &snap.cookie.name)
         .map_err(|e| Denial::new(Some(index), e))?;
     let credential = found.map(|(_, source)| source);
+    obs.credential(credential);
     let https = view.scheme == Scheme::Https;
     let from_cookie = credential == Some(TokenSource::Cookie);
-    let (token, cleared) =
-        match authenticate(snap, mirror, route, view, found.map(|(t, _)| t)).await {
-            Ok(token) => (token, None),
-            // An optional route treats an unusable session cookie as no session.
-            Err(_) if from_cookie && route.auth == AuthMode::Optional => {
-                (None, Some(snap.cookie.clear(https)))
-            }
-            Err(reason) => return Err(refused(snap, view, index, reason, from_cookie)),
-        };
-    if let Err(e) = check_allow(route, token.as_deref(), view.conn) {
+    let verified = authenticate(snap, route, view, found.map(|(t, _)| t)).await;
+    let (token, cleared) = match not_revoked(mirror, verified, &mut obs) {
+        Ok(token) => (token, None),
+        // An optional route treats an unusable session cookie as no session.
+        Err(_) if from_cookie && route.auth == AuthMode::Optional => {
+            (None, Some(snap.cookie.clear(https)))
+        }
+        Err(reason) => return Err(refused(snap, view, index, reason, from_cookie)),
+    };
+    if let Err(e) = check_allow(route, token.as_deref(), view.conn, &mut obs) {
         let mut denial = match e {
             GatewayError::Token(reason) => refused(snap, view, index, reason, from_cookie),
             other => Denial::new(Some(index), other),
@@ -172,37 +240,59 @@ fn assertion(
     Some((settings.header.clone(), signed))
 }
 
-/// Runs the route's auth mode and the revocation list: the verified token when there is one.
+/// Runs the route's auth mode: the verified token when there is one (from the connection's
+/// memo, the claims cache or a full verification).
 async fn authenticate(
     snap: &Snapshot,
-    mirror: &Mirror,
     route: &Route,
     view: &RequestView<'_>,
     token: Option<&str>,
 ) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
     let memo = &view.conn.memo;
-    let verified = match (route.auth, token) {
-        (AuthMode::None, _) => return Ok(None),
+    match (route.auth, token) {
+        (AuthMode::None, _) => Ok(None),
         (_, Some(token)) => match memo.get(snap.generation, token) {
             Some(verified) => {
                 snap.verifier.cache().record_hit();
-                verified
+                Ok(Some(verified))
             }
             None => {
                 let verified = snap.verifier.verify(token).await?;
                 memo.set(snap.generation, token, &verified);
-                verified
+                Ok(Some(verified))
             }
         },
-        (AuthMode::Required, None) => return Err(TokenError::Missing),
-        (AuthMode::Optional, None) => return Ok(None),
+        (AuthMode::Required, None) => Err(TokenError::Missing),
+        (AuthMode::Optional, None) => Ok(None),
+    }
+}
+
+/// The revocation list, on a verified token. Reports the verification's outcome and the
+/// list's answer to `obs`.
+fn not_revoked(
+    mirror: &Mirror,
+    verified: Result<Option<Arc<VerifiedToken>>, TokenError>,
+    obs: &mut impl Observer,
+) -> Result<Option<Arc<VerifiedToken>>, TokenError> {
+    let verified = match verified {
+        Ok(Some(verified)) => verified,
+        // No token where one is required: nothing was verified.
+        Err(TokenError::Missing) => return Err(TokenError::Missing),
+        Err(e) => {
+            obs.verified(Err(&e));
+            return Err(e);
+        }
+        Ok(None) => return Ok(None),
     };
-    if mirror.is_revoked(
+    obs.verified(Ok(&verified));
+    let revoked = mirror.is_revoked(
         verified.jti.as_deref(),
         verified.sid.as_deref(),
         verified.sub.as_deref(),
         verified.iat,
-    ) {
+    );
+    obs.revocation(revoked);
+    if revoked {
         return Err(TokenError::Revoked);
     }
     Ok(Some(verified))
@@ -214,6 +304,7 @@ fn check_allow(
     route: &Route,
     verified: Option<&VerifiedToken>,
     conn: &Conn,
+    obs: &mut impl Observer,
 ) -> Result<(), GatewayError> {
     for rule in &route.allow {
         let claims = match (rule.source, verified, &conn.client) {
@@ -222,10 +313,13 @@ fn check_allow(
             (ClaimSource::Connection, _, Some(client)) => &**client,
             // No client certificate: nothing to match.
             (ClaimSource::Connection, _, None) => {
+                obs.allow(rule, None, false);
                 return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
             }
         };
-        if !rule.matches(claims) {
+        let passed = rule.matches(claims);
+        obs.allow(rule, Some(claims), passed);
+        if !passed {
             return Err(GatewayError::Forbidden(rule.claim.as_str().to_owned()));
         }
     }
@@ -399,6 +493,95 @@ routes:
             .find(|(n, _)| n == "x-roles")
             .unwrap();
         assert_eq!(roles.1, "admin,dev");
+    }
+
+    /// Records each step an observed decision reports, as text.
+    #[derive(Default)]
+    struct Recorder(Vec<String>);
+
+    impl Observer for Recorder {
+        fn route(&mut self, found: Option<usize>) {
+            self.0.push(format!("route {found:?}"));
+        }
+        fn credential(&mut self, source: Option<TokenSource>) {
+            self.0.push(format!("credential {source:?}"));
+        }
+        fn verified(&mut self, outcome: Result<&Arc<VerifiedToken>, &TokenError>) {
+            self.0.push(match outcome {
+                Ok(t) => format!("verified {}", t.sub.as_deref().unwrap_or("-")),
+                Err(e) => format!("refused {}", e.reason()),
+            });
+        }
+        fn revocation(&mut self, revoked: bool) {
+            self.0.push(format!("revoked {revoked}"));
+        }
+        fn allow(
+            &mut self,
+            rule: &AllowRule,
+            claims: Option<&serde_json::Map<String, Value>>,
+            passed: bool,
+        ) {
+            let saw = claims.and_then(|c| rule.claim.lookup(c)).cloned();
+            self.0
+                .push(format!("allow {} {saw:?} {passed}", rule.claim.as_str()));
+        }
+    }
+
+    async fn observed(snap: &Snapshot, mirror: &Mirror, path: &str, t: &str) -> Vec<String> {
+        let mut map = HeaderMap::new();
+        map.insert("host", "gw".parse().unwrap());
+        map.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        let uri: Uri = path.parse().unwrap();
+        let conn = Conn::new(
+            "10.0.0.1:5000".parse().unwrap(),
+            "10.0.0.2:8080".parse().unwrap(),
+            Scheme::Http,
+        );
+        let target = Target::check(&Method::GET, &uri, Version::HTTP_11, &map, |_| true).unwrap();
+        let view = RequestView::new(&Method::GET, &target, &map, &conn);
+        let mut recorder = Recorder::default();
+        let _ = authorize_observed(snap, mirror, &view, &mut recorder).await;
+        recorder.0
+    }
+
+    #[tokio::test]
+    async fn an_observed_decision_reports_each_step_in_order() {
+        assert_eq!(
+            std::mem::size_of::<NoTrace>(),
+            0,
+            "the gateway's observer is free"
+        );
+        let (snap, mirror) = (snapshot(), Mirror::default());
+        let dev = token(json!({"roles": ["dev"], "jti": "j1"}));
+        assert_eq!(
+            observed(&snap, &mirror, "/admin/x", &dev).await,
+            [
+                "route Some(2)",
+                "credential Some(Header)",
+                "verified alice",
+                "revoked false",
+                "allow roles Some(Array [String(\"dev\")]) false",
+            ]
+        );
+        assert_eq!(
+            observed(&snap, &mirror, "/nowhere", &dev).await,
+            ["route None"]
+        );
+        let expired = token(json!({"exp": unix_now() - 3600}));
+        assert_eq!(
+            observed(&snap, &mirror, "/app/x", &expired).await,
+            [
+                "route Some(3)",
+                "credential Some(Header)",
+                "refused expired"
+            ]
+        );
+        mirror.apply(&Revocation::Token {
+            jti: "j1".into(),
+            until: unix_now() + 60,
+        });
+        let steps = observed(&snap, &mirror, "/app/x", &dev).await;
+        assert_eq!(steps[2..], ["verified alice", "revoked true"]);
     }
 
     #[tokio::test]

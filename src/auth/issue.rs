@@ -125,6 +125,17 @@ impl Issuer {
         }
     }
 
+    /// `tokens.issuer`: the `iss` of issued tokens, and the one tokens verified with
+    /// authgate's own keys must carry.
+    pub fn issuer_name(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    /// `tokens.audience`: the `aud` of issued tokens, and the one verified tokens must name.
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
     /// The key sealing short-lived browser state, derived from the signing key.
     pub fn sealing_key(&self) -> Option<[u8; 32]> {
         self.keys.signing()?.seal

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
@@ -16,7 +16,7 @@ use super::body::{Body, BodyState, BodyWatch, stream, stream_watched};
 use super::echo;
 use super::headers::{KeepCredential, Outgoing, prepare_request, remove_hop_by_hop};
 use super::upgrade::{self, Handshake};
-use super::upstream::{Server, Target};
+use super::upstream::{Server, Target, Upstream};
 use crate::credentials::TokenSource;
 use crate::error::GatewayError;
 use crate::path::strip_segments;
@@ -108,6 +108,35 @@ fn request_body(
     Ok((stream_watched(body, route.max_body, watch.clone()), watch))
 }
 
+/// What the upstream receives of a granted request: the path (normalized, less
+/// `strip_prefix`, under the upstream's base path, with the query) and the headers, rewritten
+/// in place by [`prepare_request`]. `authgate explain` shows its output, so the explanation is
+/// this function's work and not a description of it.
+pub fn upstream_request(
+    f: &Forwarding<'_>,
+    route: &Route,
+    upstream: &Upstream,
+    headers: &mut HeaderMap,
+) -> Result<PathAndQuery, GatewayError> {
+    let snap = f.snapshot;
+    let path_and_query = upstream_path(route, upstream.base_path(), f.path, f.query)?;
+    prepare_request(
+        headers,
+        &Outgoing {
+            strip: &snap.strip,
+            request_id: f.request_id,
+            credential: keep_credential(route, f.grant),
+            cookie_name: &snap.cookie.name,
+            peer: f.conn.peer.ip(),
+            proto: f.conn.scheme.as_str(),
+            host: f.host,
+            identity: &f.grant.identity,
+            trace: f.trace,
+        },
+    );
+    Ok(path_and_query)
+}
+
 /// Forwards a granted request and streams the answer back.
 pub async fn forward(
     f: &Forwarding<'_>,
@@ -121,25 +150,12 @@ pub async fn forward(
     let Some(upstream) = snap.upstream(route) else {
         return Err(GatewayError::NoRoute);
     };
-    let path_and_query = upstream_path(route, upstream.base_path(), f.path, f.query)?;
+    // Read before the headers are rewritten: the handshake's hop-by-hop headers go then.
     let client_upgrade = upgrade::client_handshake(&parts.headers).and_then(|handshake| {
         let on_upgrade = parts.extensions.remove::<OnUpgrade>()?;
         Some((on_upgrade, handshake))
     });
-    prepare_request(
-        &mut parts.headers,
-        &Outgoing {
-            strip: &snap.strip,
-            request_id: f.request_id,
-            credential: keep_credential(route, f.grant),
-            cookie_name: &snap.cookie.name,
-            peer: f.conn.peer.ip(),
-            proto: f.conn.scheme.as_str(),
-            host: f.host,
-            identity: &f.grant.identity,
-            trace: f.trace,
-        },
-    );
+    let path_and_query = upstream_request(f, route, upstream, &mut parts.headers)?;
     if client_upgrade.is_some() {
         upgrade::restore_upgrade_headers(&mut parts.headers);
     }

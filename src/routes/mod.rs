@@ -46,7 +46,50 @@ pub struct Matcher {
     pub host: Option<String>,
 }
 
+/// How one route's conditions judge a request, condition by condition (`authgate explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteCheck {
+    pub path: bool,
+    pub method: bool,
+    pub host: bool,
+}
+
+impl RouteCheck {
+    /// Whether the route takes the request.
+    pub fn matched(&self) -> bool {
+        self.path && self.method && self.host
+    }
+}
+
 impl Matcher {
+    /// The method and host conditions: the check [`RouteTable::find`] runs on every route the
+    /// trie yields for the path, and [`Matcher::check`] runs on every route.
+    fn accepts(&self, method: &Method, host: Option<&str>) -> bool {
+        self.method_ok(method) && self.host_ok(host)
+    }
+
+    /// The path condition, route by route: what the trie walk of [`RouteTable::find`] computes
+    /// for all routes at once (segment names compared, `;` parameters ignored, empty segments
+    /// skipped). The unit tests check that the first route whose [`Matcher::check`] matches is
+    /// always the route `find` returns.
+    pub fn path_ok(&self, path: &str) -> bool {
+        match &self.path {
+            PathMatch::Any => true,
+            PathMatch::Exact(p) => exact_key(p) == exact_key(path),
+            PathMatch::Prefix(p) => segment_starts_with(path, p),
+        }
+    }
+
+    /// Every condition of this route on one request, each on its own (none short-circuits,
+    /// so an explanation can name all that fail).
+    pub fn check(&self, method: &Method, host: Option<&str>, path: &str) -> RouteCheck {
+        RouteCheck {
+            path: self.path_ok(path),
+            method: self.method_ok(method),
+            host: self.host_ok(host),
+        }
+    }
+
     fn method_ok(&self, method: &Method) -> bool {
         match &self.methods {
             None => true,
@@ -203,10 +246,7 @@ impl<T> RouteTable<T> {
 
     /// The first route in file order that takes this request. `path` must be normalized.
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<(usize, &T)> {
-        let ok = |i: &u32| {
-            let (m, _) = &self.entries[*i as usize];
-            m.method_ok(method) && m.host_ok(host)
-        };
+        let ok = |i: &u32| self.entries[*i as usize].0.accepts(method, host);
         let first = |list: &[u32]| list.iter().copied().find(|i| ok(i));
 
         let mut best = self
@@ -236,6 +276,15 @@ impl<T> RouteTable<T> {
             consider(&node.prefix, &mut best);
         }
         best.map(|i| (i as usize, &self.entries[i as usize].1))
+    }
+
+    /// Every route's [`Matcher::check`] on one request, in file order. The first that matched
+    /// is the route [`RouteTable::find`] returns: the trie only finds it faster.
+    pub fn check_all(&self, method: &Method, host: Option<&str>, path: &str) -> Vec<RouteCheck> {
+        self.entries
+            .iter()
+            .map(|(m, _)| m.check(method, host, path))
+            .collect()
     }
 
     /// Pairs `(shadowed, by)`: route `shadowed` can never match because the earlier route `by`
@@ -292,6 +341,7 @@ fn covers(earlier: &Matcher, later: &Matcher) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn authorities_are_host_and_optional_port() {
@@ -425,6 +475,102 @@ mod tests {
         let t = RouteTable::new(entries);
         assert_eq!(find(&t, "GET", None, "/target/x"), Some("target"));
         assert_eq!(find(&t, "GET", None, "/svc9999"), Some("other"));
+    }
+
+    #[test]
+    fn checks_name_each_failing_condition() {
+        let mut admin = prefix("/admin");
+        admin.methods = Some(vec![Method::GET]);
+        admin.host = Some("admin.example.com".into());
+        let get = Method::GET;
+        let all = RouteCheck {
+            path: true,
+            method: true,
+            host: true,
+        };
+        assert_eq!(
+            admin.check(&get, Some("admin.example.com:443"), "/admin/x"),
+            all
+        );
+        assert_eq!(
+            admin.check(&Method::POST, Some("other"), "/administrator"),
+            RouteCheck {
+                path: false,
+                method: false,
+                host: false
+            }
+        );
+        assert!(
+            admin
+                .check(&Method::HEAD, Some("admin.example.com"), "/admin;x")
+                .matched()
+        );
+        assert!(!exact("/a/b").path_ok("/a/b/"));
+        assert!(exact("/a/b").path_ok("/a;p/b"));
+        assert!(m(PathMatch::Any).path_ok("/anything"));
+    }
+
+    /// Tables and requests built from a few segments, methods and hosts, so that prefixes
+    /// nest, exact paths collide with prefixes, `;` parameters and trailing slashes appear,
+    /// and method and host conditions push the answer to later routes.
+    fn tricky_table() -> impl Strategy<Value = Vec<Matcher>> {
+        let segs = prop::collection::vec(prop::sample::select(vec!["a", "b", "ab"]), 0..3);
+        let path = (0..3u8, segs).prop_map(|(kind, segs)| {
+            let p = format!("/{}", segs.join("/"));
+            match kind {
+                0 => PathMatch::Any,
+                1 => PathMatch::Exact(p),
+                _ => PathMatch::Prefix(p),
+            }
+        });
+        let methods = prop::option::of(prop::sample::subsequence(
+            vec![Method::GET, Method::POST, Method::HEAD],
+            1..3,
+        ));
+        let host = prop::option::of(prop::sample::select(vec!["a.example", "b.example"]));
+        let matcher = (path, methods, host).prop_map(|(path, methods, host)| Matcher {
+            path,
+            methods,
+            host: host.map(str::to_owned),
+        });
+        prop::collection::vec(matcher, 1..8)
+    }
+
+    fn tricky_request() -> impl Strategy<Value = (Method, Option<String>, String)> {
+        let seg = prop::sample::select(vec!["a", "b", "ab", "a;x=1", "", ".", ".."]);
+        let path = (prop::collection::vec(seg, 0..4), any::<bool>()).prop_map(|(segs, slash)| {
+            let raw = format!("/{}{}", segs.join("/"), if slash { "/" } else { "" });
+            crate::path::normalize(&raw).map_or_else(|_| "/".to_owned(), |p| p.into_owned())
+        });
+        let method = prop::sample::select(vec![Method::GET, Method::POST, Method::HEAD]);
+        let host = prop::option::of(prop::sample::select(vec![
+            "a.example",
+            "A.EXAMPLE.:8080",
+            "b.example",
+            "c.example",
+        ]));
+        (method, host.prop_map(|h| h.map(str::to_owned)), path)
+    }
+
+    proptest::proptest! {
+        /// `authgate explain` reads routes one by one with `check`; the gateway walks the
+        /// trie. Both must always pick the same route.
+        #[test]
+        fn the_first_route_that_checks_is_the_route_find_returns(
+            table in tricky_table(),
+            requests in prop::collection::vec(tricky_request(), 1..16),
+        ) {
+            let entries = table.into_iter().enumerate().map(|(i, m)| (m, i)).collect();
+            let t = RouteTable::new(entries);
+            for (method, host, path) in &requests {
+                let found = t.find(method, host.as_deref(), path).map(|(i, _)| i);
+                let checked = t
+                    .check_all(method, host.as_deref(), path)
+                    .iter()
+                    .position(RouteCheck::matched);
+                proptest::prop_assert_eq!(found, checked, "{} {:?} {}", method, host, path);
+            }
+        }
     }
 
     #[test]
