@@ -294,19 +294,6 @@ async fn a_key_removed_by_a_reload_invalidates_its_tokens_cache_included() {
     assert_eq!(up.seen().len(), 2);
 }
 
-fn binary_config(dir: &tempfile::TempDir, upstream: &str, extra: &str) -> std::path::PathBuf {
-    let path = dir.path().join("gateway.yaml");
-    let text = STANDARD
-        .replace("{UPSTREAM}", upstream)
-        .replace("{SECRET}", SECRET)
-        .replace(
-            "listen: \"127.0.0.1:0\"",
-            "listen: \"127.0.0.1:0\"\nadmin: { listen: \"127.0.0.1:0\" }",
-        );
-    std::fs::write(&path, format!("{text}{extra}")).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn sighup_reloads_even_without_a_file_change() {
     let up = Upstream::start().await;

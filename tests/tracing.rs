@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{
-    Running, SECRET, STANDARD, Upstream, dead_addr, eventually, metric, send, signal, start_binary,
+    Running, Upstream, binary_config, dead_addr, eventually, metric, send, signal, start_binary,
     start_binary_with_env, token,
 };
 use http::{HeaderMap, Request, Response};
@@ -183,20 +183,6 @@ async fn hanging_collector() -> SocketAddr {
     addr
 }
 
-/// The standard test config for the binary (its own admin port), with `extra` appended.
-fn config(dir: &tempfile::TempDir, upstream: &str, extra: &str) -> std::path::PathBuf {
-    let path = dir.path().join("gateway.yaml");
-    let text = STANDARD
-        .replace("{UPSTREAM}", upstream)
-        .replace("{SECRET}", SECRET)
-        .replace(
-            "listen: \"127.0.0.1:0\"",
-            "listen: \"127.0.0.1:0\"\nadmin: { listen: \"127.0.0.1:0\" }",
-        );
-    std::fs::write(&path, format!("{text}{extra}")).unwrap();
-    path
-}
-
 fn telemetry(endpoint: &str, extra: &str) -> String {
     format!("telemetry:\n  traces:\n    otlp_endpoint: \"{endpoint}\"\n{extra}")
 }
@@ -250,7 +236,7 @@ async fn a_request_is_one_span_that_continues_the_clients_trace() {
     let dir = tempfile::tempdir().unwrap();
     let extra =
         "    service_name: edge-gw\n    headers: { Authorization: \"Bearer otlp-test-token\" }\n";
-    let gw = start_binary(&config(
+    let gw = start_binary(&binary_config(
         &dir,
         &up.url(),
         &telemetry(&collector.url(), extra),
@@ -334,7 +320,11 @@ async fn a_request_is_one_span_that_continues_the_clients_trace() {
 async fn a_trace_starts_here_when_the_client_sent_none_or_an_invalid_one() {
     let (up, collector) = (Upstream::start().await, Collector::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&config(&dir, &up.url(), &telemetry(&collector.url(), "")));
+    let gw = start_binary(&binary_config(
+        &dir,
+        &up.url(),
+        &telemetry(&collector.url(), ""),
+    ));
     let upper = client_traceparent("01").to_uppercase();
     let same = client_traceparent("01");
     let fifty: Vec<(&str, &str)> = (0..50).map(|_| ("traceparent", same.as_str())).collect();
@@ -377,7 +367,11 @@ async fn a_hostile_tracestate_is_cut_to_512_bytes_or_dropped() {
     let up = Upstream::start().await;
     let collector = Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&config(&dir, &up.url(), &telemetry(&collector.url(), "")));
+    let gw = start_binary(&binary_config(
+        &dir,
+        &up.url(),
+        &telemetry(&collector.url(), ""),
+    ));
     let tp = client_traceparent("01");
     // 30 members of 200 bytes (6 KB): members over 128 bytes go first, from the end.
     let long: Vec<String> = (0..30)
@@ -422,7 +416,11 @@ async fn a_hostile_tracestate_is_cut_to_512_bytes_or_dropped() {
 async fn refusals_are_exported_with_their_reason_and_no_subject() {
     let (up, collector) = (Upstream::start().await, Collector::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&config(&dir, &up.url(), &telemetry(&collector.url(), "")));
+    let gw = start_binary(&binary_config(
+        &dir,
+        &up.url(),
+        &telemetry(&collector.url(), ""),
+    ));
     let auth = format!("Bearer {}", token("bob", json!({"roles": ["dev"]})));
     let tp = client_traceparent("01");
     let r = get(
@@ -468,7 +466,7 @@ async fn an_unreachable_upstream_is_an_error_span_with_the_server_tried() {
     let collector = Collector::start().await;
     let dead = dead_addr().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&config(
+    let gw = start_binary(&binary_config(
         &dir,
         &format!("http://{dead}"),
         &telemetry(&collector.url(), ""),
@@ -495,7 +493,7 @@ async fn tracing_off_passes_a_valid_traceparent_unchanged_and_drops_an_invalid_o
         ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url.as_str()),
     ];
-    let gw = start_binary_with_env(&config(&dir, &up.url(), ""), &env);
+    let gw = start_binary_with_env(&binary_config(&dir, &up.url(), ""), &env);
     let valid = client_traceparent("00");
     let upper = valid.to_uppercase();
     let future = format!("cc-{CLIENT_TRACE}-{CLIENT_SPAN}-01-extra");
@@ -566,7 +564,7 @@ async fn sampling_follows_the_clients_flag_and_the_ratio_for_new_traces() {
     let (up, collector) = (Upstream::start().await, Collector::start().await);
     let dir = tempfile::tempdir().unwrap();
     let extra = "    sample_ratio: 0.0\n";
-    let gw = start_binary(&config(
+    let gw = start_binary(&binary_config(
         &dir,
         &up.url(),
         &telemetry(&collector.url(), extra),
@@ -607,7 +605,7 @@ async fn forward_auth_answers_carry_the_gateways_traceparent() {
         "forward_auth:\n  trusted_proxies: [\"127.0.0.1/32\"]\n{}",
         telemetry(&collector.url(), "")
     );
-    let gw = start_binary(&config(&dir, &up.url(), &extra));
+    let gw = start_binary(&binary_config(&dir, &up.url(), &extra));
     let auth = format!("Bearer {}", token("alice", json!({})));
     let tp = client_traceparent("01");
     let r = get(
@@ -678,7 +676,11 @@ async fn a_hanging_collector_fills_the_queue_and_requests_do_not_wait() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "    max_queue: 4\n    export_timeout: 30s\n";
     let endpoint = format!("http://{hanging}/v1/traces");
-    let gw = start_binary(&config(&dir, &up.url(), &telemetry(&endpoint, extra)));
+    let gw = start_binary(&binary_config(
+        &dir,
+        &up.url(),
+        &telemetry(&endpoint, extra),
+    ));
     // One batch is stuck in the export and four spans wait in the queue: the rest are dropped.
     let series = "authgate_trace_spans_dropped_total{reason=\"queue_full\"}";
     requests_stay_fast_until(&gw, series, 20.0).await;
@@ -699,7 +701,11 @@ async fn an_unreachable_collector_counts_failures_and_requests_do_not_wait() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "    export_timeout: 2s\n";
     let endpoint = format!("http://{dead}/v1/traces");
-    let gw = start_binary(&config(&dir, &up.url(), &telemetry(&endpoint, extra)));
+    let gw = start_binary(&binary_config(
+        &dir,
+        &up.url(),
+        &telemetry(&endpoint, extra),
+    ));
     requests_stay_fast_until(&gw, "authgate_trace_export_failures_total", 1.0).await;
     let text = metrics(&gw).await;
     let lost = metric(
@@ -720,8 +726,12 @@ async fn an_unreachable_collector_counts_failures_and_requests_do_not_wait() {
 async fn a_reload_that_changes_telemetry_says_it_needs_a_restart() {
     let (up, collector) = (Upstream::start().await, Collector::start().await);
     let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&config(&dir, &up.url(), &telemetry(&collector.url(), "")));
-    config(
+    let gw = start_binary(&binary_config(
+        &dir,
+        &up.url(),
+        &telemetry(&collector.url(), ""),
+    ));
+    binary_config(
         &dir,
         &up.url(),
         &telemetry(&collector.url(), "    sample_ratio: 0.5\n"),
@@ -766,7 +776,7 @@ fn the_readme_shows_a_working_telemetry_section() {
         .expect("a yaml example in the Tracing section");
     assert!(example.starts_with("telemetry:\n  traces:\n"), "{example}");
     let dir = tempfile::tempdir().unwrap();
-    let path = config(&dir, "http://127.0.0.1:9", example);
+    let path = binary_config(&dir, "http://127.0.0.1:9", example);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
         .args(["check", "--config"])
         .arg(&path)

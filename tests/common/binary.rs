@@ -78,3 +78,18 @@ pub fn signal(child: &Child, sig: &str) {
             .success()
     );
 }
+
+/// [`super::STANDARD`] for the binary (the test secret, this upstream, its own admin port),
+/// with `extra` appended, written into `dir`.
+pub fn binary_config(dir: &tempfile::TempDir, upstream: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.path().join("gateway.yaml");
+    let text = super::STANDARD
+        .replace("{UPSTREAM}", upstream)
+        .replace("{SECRET}", super::SECRET)
+        .replace(
+            "listen: \"127.0.0.1:0\"",
+            "listen: \"127.0.0.1:0\"\nadmin: { listen: \"127.0.0.1:0\" }",
+        );
+    std::fs::write(&path, format!("{text}{extra}")).unwrap();
+    path
+}
