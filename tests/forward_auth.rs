@@ -373,6 +373,20 @@ struct Stack {
 }
 
 impl Stack {
+    /// A browser's form POST to the edge, from a page of `origin`.
+    async fn post_form(&self, path: &str, origin: &str, form: &str) -> Reply {
+        self.send(
+            "POST",
+            path,
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", origin),
+            ],
+            form,
+        )
+        .await
+    }
+
     async fn start(kind: Kind) -> Stack {
         Stack::start_trusting(kind, r#"["127.0.0.1/32"]"#).await
     }
@@ -669,17 +683,7 @@ async fn browser_login_round_trip_and_logout(kind: Kind) {
         ("password", ALICE_PASSWORD),
         ("next", &next),
     ]);
-    let r = s
-        .send(
-            "POST",
-            "/auth/login",
-            &[
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("origin", &origin),
-            ],
-            &form,
-        )
-        .await;
+    let r = s.post_form("/auth/login", &origin, &form).await;
     assert_eq!(r.status, 303, "{kind:?}: {}", r.text());
     assert_eq!(r.headers["location"], next.as_str());
     let cookie = format!("authgate_session={}", session_from(&r));
@@ -706,17 +710,7 @@ async fn browser_login_round_trip_and_logout(kind: Kind) {
             ("password", ALICE_PASSWORD),
             ("next", next),
         ]);
-        let r = s
-            .send(
-                "POST",
-                "/auth/login",
-                &[
-                    ("content-type", "application/x-www-form-urlencoded"),
-                    ("origin", &origin),
-                ],
-                &form,
-            )
-            .await;
+        let r = s.post_form("/auth/login", &origin, &form).await;
         assert_eq!(r.status, 303, "{kind:?}: {}", r.text());
         assert_eq!(r.headers["location"], lands, "next {next}");
     }

@@ -288,19 +288,7 @@ fn repo() -> &'static Path {
 #[test]
 fn docker_compose_example_config_passes_check() {
     let config = repo().join("examples/config/gateway.yaml");
-    let out = authgate()
-        .args(["check", "--config"])
-        .arg(&config)
-        .env("JWT_SECRET", SECRET_HEX)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = check_example(&config);
     assert!(stdout.contains("http://whoami:80"), "{stdout}");
 
     // Without JWT_SECRET it must refuse to start rather than sign with something guessable.
@@ -311,6 +299,20 @@ fn docker_compose_example_config_passes_check() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("JWT_SECRET"), "{}", stderr(&out));
+}
+
+/// `authgate check` on an example config with `JWT_SECRET` set: must pass; its stdout (the
+/// route table).
+fn check_example(config: &Path) -> String {
+    let out = authgate()
+        .args(["check", "--config"])
+        .arg(config)
+        .env("JWT_SECRET", SECRET_HEX)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}\n{}", stderr(&out));
+    stdout
 }
 
 /// A 64-hex-character test value, as `openssl rand -hex 32` prints (test-only).
@@ -389,20 +391,7 @@ fn sso_example_config_passes_check_and_matches_its_keycloak_realm() {
 
 #[test]
 fn traefik_example_config_passes_check() {
-    let config = repo().join("examples/traefik/config/gateway.yaml");
-    let out = authgate()
-        .args(["check", "--config"])
-        .arg(&config)
-        .env("JWT_SECRET", SECRET_HEX)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        stderr(&out)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = check_example(&repo().join("examples/traefik/config/gateway.yaml"));
     assert!(stdout.contains("forward-auth only"), "{stdout}");
     assert!(stdout.contains("app.localhost"), "{stdout}");
 }
