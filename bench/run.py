@@ -128,7 +128,8 @@ def cpu_seconds(roots):
     return total / CLK_TCK
 
 
-def wrk(url, pids, token=None, script=None, env=None, headers=(), cpu=LOAD_CPU, threads=1, duration=None):
+def wrk(url, pids, token=None, script=None, env=None, headers=(), cpu=LOAD_CPU, threads=1, duration=None,
+        warmup=WARMUP):
     cmd = ["wrk", "-t%d" % threads, "-c%d" % CONNS, "--latency"]
     if token:
         cmd += ["-H", "Authorization: Bearer " + token]
@@ -139,8 +140,8 @@ def wrk(url, pids, token=None, script=None, env=None, headers=(), cpu=LOAD_CPU, 
     if cpu is not None:
         cmd = ["taskset", "-c", cpu] + cmd
     run_env = {**os.environ, **(env or {})}
-    if WARMUP:
-        subprocess.run(cmd + ["-d%ds" % WARMUP, url], capture_output=True, env=run_env, check=True)
+    if warmup:
+        subprocess.run(cmd + ["-d%ds" % warmup, url], capture_output=True, env=run_env, check=True)
     before = cpu_seconds(pids)
     out = subprocess.run(cmd + ["-d%ds" % (duration or DURATION), url], capture_output=True, text=True, env=run_env, check=True).stdout
     used = cpu_seconds(pids) - before
@@ -314,11 +315,11 @@ def t_hyper_minimal(tokens, extra):
         stop(p)
 
 
-def authgate_target(config, token, url=APP, body="user=alice", measure_rss=None, extra=None, **wrk_args):
+def authgate_target(config, token, url=APP, body="user=alice", measure_rss=None, extra=None,
+                    ready_headers=None, **wrk_args):
     p = start_authgate(config)
     try:
-        wait_ready(url, token=token, body=body, headers=wrk_args.get("ready_headers"))
-        wrk_args.pop("ready_headers", None)
+        wait_ready(url, token=token, body=body, headers=ready_headers)
         idle = rss_kib(p.pid)[0]
         result = wrk(url, [p.pid], token=token, **wrk_args)
         if measure_rss:
@@ -543,14 +544,9 @@ def refresh_run(store):
         with open(path, "w") as f:
             f.write("\n".join(tokens) + "\n")
         pids = [p.pid] + ([redis.pid] if redis else [])
-        global WARMUP
-        warmup, WARMUP = WARMUP, 0  # a warm-up would spend the chains
-        try:
-            result = wrk("http://127.0.0.1:18003/auth/refresh", pids, script="refresh.lua",
-                         env={"BENCH_REFRESH": path})
-        finally:
-            WARMUP = warmup
-        return result
+        # No warm-up: it would spend the chains the timed run needs.
+        return wrk("http://127.0.0.1:18003/auth/refresh", pids, script="refresh.lua",
+                   env={"BENCH_REFRESH": path}, warmup=0)
     finally:
         stop(p)
         if redis:
