@@ -173,4 +173,36 @@ mod tests {
         assert!(SignatureKey::public(Algorithm::ES256, &jwk).is_err());
         assert!(SignatureKey::public(Algorithm::RS256, &jwk).is_err());
     }
+
+    /// A provider that pads `n` with a zero byte (seen in the wild) still verifies; a token
+    /// signed by another key does not.
+    #[test]
+    fn rsa_jwk_with_a_zero_padded_modulus() {
+        use aws_lc_rs::rsa::{KeyPair as RsaKeyPair, KeySize, PublicKeyComponents};
+        use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_SHA256};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pair = RsaKeyPair::generate(KeySize::Rsa2048).expect("keygen");
+        let public = PublicKeyComponents::<Vec<u8>>::from(pair.public_key());
+        let mut n = vec![0u8];
+        n.extend_from_slice(&public.n);
+        let jwk: Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(&n),
+            "e": URL_SAFE_NO_PAD.encode(&public.e),
+        }))
+        .expect("jwk");
+        let key = SignatureKey::public(Algorithm::RS256, &jwk).expect("parse");
+        let mut sig = vec![0u8; pair.public_modulus_len()];
+        pair.sign(&RSA_PKCS1_SHA256, &rng, b"header.payload", &mut sig)
+            .expect("sign");
+        assert!(key.verify(b"header.payload", &sig));
+        assert!(!key.verify(b"header.payloae", &sig));
+        let other = RsaKeyPair::generate(KeySize::Rsa2048).expect("keygen");
+        let mut forged = vec![0u8; other.public_modulus_len()];
+        other
+            .sign(&RSA_PKCS1_SHA256, &rng, b"header.payload", &mut forged)
+            .expect("sign");
+        assert!(!key.verify(b"header.payload", &forged));
+        assert!(SignatureKey::public(Algorithm::ES256, &jwk).is_err());
+    }
 }
