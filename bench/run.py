@@ -32,6 +32,13 @@ FLOOD = int(os.environ.get("BENCH_FLOOD", "1000000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 # Only these targets when set (comma-separated names), for a quick look at one change.
 ONLY = [t for t in os.environ.get("BENCH_ONLY", "").split(",") if t]
+# A directory: each timed run is also recorded with `perf record -g` (the target's processes
+# only) into PERF/<target>-<round>.data, for `perf report`. Costs some CPU; not for results.
+PERF = os.environ.get("BENCH_PERF")
+# Another authgate binary (an older build): adds the row `baseline-hs256`, `authgate-hs256`'s
+# run with that binary, in the same rounds: an A/B of a change within one run.
+BASELINE = os.environ.get("BENCH_BASELINE")
+CURRENT = {"name": "", "round": 0}
 TARGET_CPU = "0"
 LOAD_CPU = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -142,9 +149,13 @@ def wrk(url, pids, token=None, script=None, env=None, headers=(), cpu=LOAD_CPU, 
     run_env = {**os.environ, **(env or {})}
     if warmup:
         subprocess.run(cmd + ["-d%ds" % warmup, url], capture_output=True, env=run_env, check=True)
+    recorder = perf_record(pids)
     before = cpu_seconds(pids)
     out = subprocess.run(cmd + ["-d%ds" % (duration or DURATION), url], capture_output=True, text=True, env=run_env, check=True).stdout
     used = cpu_seconds(pids) - before
+    if recorder:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(timeout=30)
     result = parse_wrk(out)
     result["cpu_us_per_request"] = round(used * 1e6 / max(result["requests"], 1), 2)
     return result
@@ -203,9 +214,9 @@ def authgate_config(name, cache=100000, extra_routes="", store="memory:", tls=""
     return path
 
 
-def start_authgate(config, threads="1", cpu=TARGET_CPU):
+def start_authgate(config, threads="1", cpu=TARGET_CPU, binary=AUTHGATE):
     env = {"BENCH_SECRET": SECRET, "TOKIO_WORKER_THREADS": threads}
-    p = start([AUTHGATE, "--log-level", "warn", "run", "--config", config], cpu=cpu, env=env)
+    p = start([binary, "--log-level", "warn", "run", "--config", config], cpu=cpu, env=env)
     deadline = time.time() + 20
     while request("http://127.0.0.1:19003/healthz")[0] != 200:
         if p.poll() is not None or time.time() > deadline:
@@ -315,9 +326,19 @@ def t_hyper_minimal(tokens, extra):
         stop(p)
 
 
+def perf_record(pids):
+    if not PERF:
+        return None
+    os.makedirs(PERF, exist_ok=True)
+    out = os.path.join(PERF, "%s-%d.data" % (CURRENT["name"], CURRENT["round"]))
+    return subprocess.Popen(["perf", "record", "-q", "-g", "-F", "1999", "-o", out, "-p",
+                             ",".join(str(p) for p in pids)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def authgate_target(config, token, url=APP, body="user=alice", measure_rss=None, extra=None,
-                    ready_headers=None, **wrk_args):
-    p = start_authgate(config)
+                    ready_headers=None, binary=AUTHGATE, **wrk_args):
+    p = start_authgate(config, binary=binary)
     try:
         wait_ready(url, token=token, body=body, headers=ready_headers)
         idle = rss_kib(p.pid)[0]
@@ -333,6 +354,10 @@ def authgate_target(config, token, url=APP, body="user=alice", measure_rss=None,
 
 def t_hs256(tokens, extra):
     return authgate_target(authgate_config("authgate.yaml"), tokens["hs256"], measure_rss="rss", extra=extra)
+
+
+def t_baseline_hs256(tokens, extra):
+    return authgate_target(authgate_config("authgate.yaml"), tokens["hs256"], binary=BASELINE)
 
 
 def t_rs256(tokens, extra):
@@ -457,6 +482,8 @@ TARGETS = [
     ("nginx-auth_request", t_nginx_auth_request),
     ("authgate-verify", t_verify),
 ]
+if BASELINE:
+    TARGETS.insert(TARGETS.index(("authgate-hs256", t_hs256)) + 1, ("baseline-hs256", t_baseline_hs256))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,14 +671,22 @@ def main():
     targets = [(n, f) for n, f in TARGETS if not ONLY or n in ONLY]
     rounds = []
     extra = {}
-    for _ in range(ROUNDS):
-        rounds.append({name: run(tokens, extra) for name, run in targets})
+    for i in range(ROUNDS):
+        CURRENT["round"] = i
+        timed = {}
+        for name, run in targets:
+            CURRENT["name"] = name
+            timed[name] = run(tokens, extra)
+        rounds.append(timed)
     results = {}
     for name, _ in targets:
         runs = sorted((r[name] for r in rounds), key=lambda r: r["rps"])
         median = dict(runs[len(runs) // 2])
         median["rps_all_rounds"] = [round(r["rps"]) for r in runs]
+        # In round order: rows of one round ran back to back, so a round pairs them.
+        median["cpu_us_by_round"] = [r[name]["cpu_us_per_request"] for r in rounds]
         results[name] = median
+    CURRENT["name"] = "extras"
     more(tokens, extra)
     stop(upstream)
 

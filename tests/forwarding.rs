@@ -193,3 +193,60 @@ async fn bodies_over_the_limit_are_413() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, big);
 }
+
+/// An idle upstream connection has no task reading it (the request that used it drove it):
+/// when the server closes it, the gateway must still notice and close its side, not keep the
+/// socket half-closed (CLOSE_WAIT) until the next request happens to take it. The next request
+/// opens a fresh connection and is answered.
+#[tokio::test]
+async fn an_idle_upstream_connection_the_server_closes_is_closed_by_the_gateway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    let (answered_tx, answered_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = first.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed before sending its request");
+            head.extend_from_slice(&buf[..n]);
+        }
+        first
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+            .await
+            .unwrap();
+        // Once the connection sits idle in the gateway's pool, the server's keep-alive timeout
+        // strikes: it closes its side, then waits for the gateway's.
+        let _ = answered_rx.await;
+        first.shutdown().await.unwrap();
+        let waited = Instant::now();
+        let eof = tokio::time::timeout(Duration::from_secs(8), first.read(&mut buf)).await;
+        let _ = closed_tx.send((eof.map(|r| r.map(|n| n == 0)), waited.elapsed()));
+        // The next request comes on a new connection.
+        let (mut second, _) = listener.accept().await.unwrap();
+        let _ = second.read(&mut buf).await;
+        let _ = second
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond")
+            .await;
+    });
+    let gw = Gateway::start(TIMEOUTS, &url).await;
+    let first = gw.get("/one", &[]).await;
+    assert_eq!(
+        (first.status.as_u16(), first.text().as_str()),
+        (200, "first")
+    );
+    let _ = answered_tx.send(());
+    let (eof, after) = closed_rx.await.unwrap();
+    assert!(
+        matches!(eof, Ok(Ok(true))),
+        "the gateway must close an idle connection the server closed (waited {after:?}): {eof:?}"
+    );
+    let second = gw.get("/two", &[]).await;
+    assert_eq!(
+        (second.status.as_u16(), second.text().as_str()),
+        (200, "second")
+    );
+}
