@@ -331,7 +331,8 @@ def perf_record(pids):
         return None
     os.makedirs(PERF, exist_ok=True)
     out = os.path.join(PERF, "%s-%d.data" % (CURRENT["name"], CURRENT["round"]))
-    return subprocess.Popen(["perf", "record", "-q", "-g", "-F", "1999", "-o", out, "-p",
+    graph = ["--call-graph", os.environ["BENCH_PERF_CALLGRAPH"]] if os.environ.get("BENCH_PERF_CALLGRAPH") else ["-g"]
+    return subprocess.Popen(["perf", "record", "-q"] + graph + ["-F", "999", "-o", out, "-p",
                              ",".join(str(p) for p in pids)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

@@ -542,3 +542,32 @@ async fn connections_over_the_limit_wait_for_a_free_slot() {
     assert_eq!(status, 200);
     assert_eq!(up.seen().len(), 2);
 }
+
+/// The file watcher must not wake itself: checking whether the files changed reads them, and
+/// those reads are events too. An idle gateway makes next to no read calls (it once re-read its
+/// config ten times a second, forever).
+#[tokio::test]
+async fn an_idle_gateway_does_not_keep_rereading_its_files() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = start_binary(&binary_config(&dir, &up.url(), ""));
+    let reads = |pid: u32| -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscr: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let pid = gw.child.id();
+    // The watcher's first look at the files happens as it starts, before this.
+    let before = reads(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = reads(pid) - before;
+    assert!(
+        during < 10,
+        "an idle gateway made {during} read calls in one second"
+    );
+    signal(&gw.child, "-TERM");
+    assert!(gw.child.wait().unwrap().success());
+}

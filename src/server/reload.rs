@@ -153,6 +153,16 @@ const QUIET: Duration = Duration::from_millis(100);
 /// ...but never more than this after the first one.
 const MAX_WAIT: Duration = Duration::from_millis(500);
 
+/// Whether a file event may mean new contents: anything but a read (an open, a read, a close
+/// after reading); a close after writing counts.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(access) => *access == AccessKind::Close(AccessMode::Write),
+        _ => true,
+    }
+}
+
 /// Watches the config file, the users file and key files — through their directories, so
 /// editors that save by writing a new file and renaming it over the old one, and ConfigMap
 /// symlink swaps, are seen — and reloads when their contents change.
@@ -163,7 +173,11 @@ pub fn watch_files(gateway: Arc<Gateway>, config: PathBuf) -> Result<(), String>
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(64);
     let filter = relevant.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| e.paths.iter().any(|p| filter.load().matters(p))) {
+        // Reads are not changes, and the check below reads the files: counting its own
+        // opens and closes would re-trigger it forever (the files re-read ten times a second).
+        if event
+            .is_ok_and(|e| is_change(&e.kind) && e.paths.iter().any(|p| filter.load().matters(p)))
+        {
             let _ = tx.try_send(());
         }
     })
