@@ -178,11 +178,13 @@ async fn serve_http<I, S>(
         last_ms: AtomicU64::new(0),
     });
     let tracked = activity.clone();
+    // The request's future is made inside the block: made outside and captured, the block
+    // would hold it twice (captured, then awaited), doubling what is moved per request.
     let service = service_fn(move |req| {
         let guard = InFlight::start(&tracked);
-        let call = service.call(req);
+        let service = service.clone();
         async move {
-            let resp = call.await;
+            let resp = service.call(req).await;
             drop(guard);
             resp
         }
