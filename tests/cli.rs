@@ -4,14 +4,6 @@ use common::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-fn authgate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
-    cmd.env_remove("AUTHGATE_CONFIG")
-        .env_remove("JWT_SECRET")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
 fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("gateway.yaml");
     std::fs::write(
@@ -27,7 +19,7 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
 fn check_prints_the_route_table_for_a_valid_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, STANDARD);
-    let out = authgate()
+    let out = authgate_cli()
         .arg("check")
         .arg("--config")
         .arg(&path)
@@ -65,7 +57,7 @@ fn check_reports_every_error_as_file_line_column_and_exits_1() {
             "match: { path_prefix: /app/../x }",
         );
     let path = write_config(&dir, &broken);
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -95,7 +87,7 @@ fn check_reports_yaml_and_unknown_key_errors_with_location() {
         &dir,
         &STANDARD.replace("  leeway: 0s\n", "  leeway: 0s\n  lifetime: 1h\n"),
     );
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -109,7 +101,7 @@ fn check_reports_yaml_and_unknown_key_errors_with_location() {
     );
 
     let path = write_config(&dir, "routes: [\n");
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -121,7 +113,7 @@ fn check_reports_yaml_and_unknown_key_errors_with_location() {
         "{stderr}"
     );
 
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config", "/nonexistent/authgate.yaml"])
         .output()
         .unwrap();
@@ -136,7 +128,7 @@ fn check_warns_about_shadowed_routes_but_succeeds() {
         "{STANDARD}  - name: later\n    match: {{ path_prefix: /admin/users }}\n    upstream: app\n"
     );
     let path = write_config(&dir, &text);
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -157,37 +149,29 @@ fn check_warns_about_shadowed_routes_but_succeeds() {
 fn config_path_comes_from_the_environment_when_not_given() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(&dir, STANDARD);
-    let out = authgate()
+    let out = authgate_cli()
         .arg("check")
         .env("AUTHGATE_CONFIG", &path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
 fn shipped_gateway_yaml_is_valid_without_any_environment() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config", shipped])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[tokio::test]
 async fn token_command_signs_tokens_the_gateway_accepts() {
     let up = Upstream::start().await;
     let gw = Gateway::start(STANDARD, &up.url()).await;
-    let out = authgate()
+    let out = authgate_cli()
         .args([
             "token",
             "--sub",
@@ -203,11 +187,7 @@ async fn token_command_signs_tokens_the_gateway_accepts() {
         .arg(gw.config_path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let tok = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let r = gw.get_with_token("/admin/x", &tok).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -215,7 +195,7 @@ async fn token_command_signs_tokens_the_gateway_accepts() {
     assert_eq!(seen.headers["x-user-id"], "alice");
     assert_eq!(seen.headers["x-user-roles"], "admin,dev");
 
-    let out = authgate()
+    let out = authgate_cli()
         .args(["token", "--sub", "a", "--claim", "exp=1", "--config"])
         .arg(gw.config_path())
         .output()
@@ -231,7 +211,7 @@ fn binary_serves_the_shipped_config_out_of_the_box_and_stops_on_sigterm() {
     // The shipped store is a SQLite file beside the config; keep the test's out of the tree.
     let state = tempfile::tempdir().unwrap();
     let store = format!("sqlite:{}", state.path().join("state.db").display());
-    let mut child = authgate()
+    let mut child = authgate_cli()
         .args(["--log-format", "json", "--config", shipped])
         .env("AUTHGATE_STORE", store)
         .env("AUTHGATE_LISTEN", "127.0.0.1:0")
@@ -335,7 +315,7 @@ fn check_refuses_key_material_of_the_wrong_kind() {
             "tokens:\n  keys:\n    - {key}\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n"
         );
         let path = write_config(&dir, &text);
-        let out = authgate()
+        let out = authgate_cli()
             .args(["check", "--config"])
             .arg(&path)
             .output()
@@ -356,21 +336,17 @@ fn secret_file_with_a_trailing_newline_is_accepted() {
     std::fs::write(dir.path().join("secret.txt"), format!("{SECRET}\n")).unwrap();
     let text = "tokens:\n  keys:\n    - { id: a, algorithm: HS256, secret_file: secret.txt }\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n";
     let path = write_config(&dir, text);
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 fn hash_password(input: &str) -> std::process::Output {
     use std::io::Write;
-    let mut child = authgate()
+    let mut child = authgate_cli()
         .arg("hash-password")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -389,11 +365,7 @@ fn hash_password(input: &str) -> std::process::Output {
 #[tokio::test]
 async fn hash_password_output_goes_into_the_config_and_logs_in() {
     let out = hash_password("s3cret pass\r\n");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let hash = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(
         hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
@@ -443,7 +415,7 @@ fn bad_users_are_reported_in_the_file_they_are_in() {
     std::fs::write(dir.path().join("users.yaml"), "- username: a\n  password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA\"\n- username: b\n  password_hash: plaintext\n").unwrap();
     let text = "tokens:\n  keys:\n    - { id: a, algorithm: HS256, secret: \"{SECRET}\" }\nlogin:\n  users_file: users.yaml\n  users:\n    - { username: c, password_hash: md5, claims: { sub: root } }\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n";
     let path = write_config(&dir, text);
-    let out = authgate()
+    let out = authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -478,7 +450,7 @@ fn jwks_over_plain_http_is_refused_unless_loopback() {
             "tokens:\n  keys:\n    - {{ id: a, algorithm: HS256, secret: \"{{SECRET}}\" }}\n  jwks:\n    - {{ url: \"{url}\", issuer: \"https://idp/\" }}\nupstreams:\n  app: \"http://127.0.0.1:9\"\nroutes:\n  - name: r\n    upstream: app\n"
         );
         let path = write_config(&dir, &text);
-        let out = authgate()
+        let out = authgate_cli()
             .args(["check", "--config"])
             .arg(&path)
             .output()

@@ -10,15 +10,6 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-fn authgate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
-    cmd.env_remove("AUTHGATE_CONFIG")
-        .env_remove("JWT_SECRET")
-        .env_remove("AUTHGATE_STORE")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
 /// The shipped gateway.yaml, copied into a directory of its own: its `sqlite:` store would be
 /// created beside it if explain opened it (the test checks it does not).
 fn shipped() -> (tempfile::TempDir, PathBuf) {
@@ -40,7 +31,7 @@ fn explain(config: &Path, args: &[&str]) -> Explained {
 }
 
 fn explain_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Explained {
-    let mut cmd = authgate();
+    let mut cmd = authgate_cli();
     cmd.arg("--config")
         .arg(config)
         .args(["explain", "--format", "json"])
@@ -64,7 +55,7 @@ fn explain_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Explained
 }
 
 fn text(config: &Path, args: &[&str]) -> (i32, String) {
-    let out = authgate()
+    let out = authgate_cli()
         .arg("--config")
         .arg(config)
         .arg("explain")

@@ -3,8 +3,9 @@
 //! editors at it, and it refuses what the parser refuses (a misspelled key first of all) and
 //! takes what the parser takes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
 
@@ -16,16 +17,8 @@ const COMMITTED: &str = "docs/gateway.schema.json";
 
 /// What `authgate schema` prints, parsed.
 fn printed_schema() -> (String, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("schema")
-        .env_remove("AUTHGATE_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::authgate_cli().arg("schema").output().unwrap();
+    common::assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
     let schema = serde_json::from_str(&text).expect("authgate schema prints JSON");
     (text, schema)
@@ -158,11 +151,9 @@ fn check(yaml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let out = common::authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
-        .env_remove("AUTHGATE_CONFIG")
-        .env_remove("JWT_SECRET")
         .env("AUTHGATE_STORE", "memory:")
         .output()
         .unwrap();

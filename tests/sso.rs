@@ -1348,11 +1348,7 @@ async fn authgate_revoke_by_sub_ends_an_sso_users_sessions() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     eventually("the revocation reaches the running gateway", || async {
         sso.gw.get("/app/x", &[("cookie", &cookie)]).await.status == 401
     })

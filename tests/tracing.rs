@@ -210,6 +210,19 @@ fn upstream_parent(headers: &HeaderMap) -> (String, String, String) {
     (parts[1].into(), parts[2].into(), parts[3].into())
 }
 
+/// A test upstream, a test collector, and the binary exporting to it with `extra` lines under
+/// `telemetry.traces` (the directory holds the config: keep it as long as the gateway).
+async fn traced(extra: &str) -> (Upstream, Collector, tempfile::TempDir, Running) {
+    let (up, collector) = (Upstream::start().await, Collector::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_binary(&binary_config(
+        &dir,
+        &up.url(),
+        &telemetry(&collector.url(), extra),
+    ));
+    (up, collector, dir, gw)
+}
+
 async fn get(gw: &Running, path: &str, headers: &[(&str, &str)]) -> common::Reply {
     send(gw.addr, "GET", path, headers, Bytes::new()).await
 }
@@ -232,15 +245,9 @@ async fn stop(mut gw: Running) {
 
 #[tokio::test]
 async fn a_request_is_one_span_that_continues_the_clients_trace() {
-    let (up, collector) = (Upstream::start().await, Collector::start().await);
-    let dir = tempfile::tempdir().unwrap();
     let extra =
         "    service_name: edge-gw\n    headers: { Authorization: \"Bearer otlp-test-token\" }\n";
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&collector.url(), extra),
-    ));
+    let (up, collector, _dir, gw) = traced(extra).await;
     let auth = format!("Bearer {}", token("alice", json!({})));
     let tp = client_traceparent("01");
     let r = get(
@@ -318,13 +325,7 @@ async fn a_request_is_one_span_that_continues_the_clients_trace() {
 
 #[tokio::test]
 async fn a_trace_starts_here_when_the_client_sent_none_or_an_invalid_one() {
-    let (up, collector) = (Upstream::start().await, Collector::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&collector.url(), ""),
-    ));
+    let (up, collector, _dir, gw) = traced("").await;
     let upper = client_traceparent("01").to_uppercase();
     let same = client_traceparent("01");
     let fifty: Vec<(&str, &str)> = (0..50).map(|_| ("traceparent", same.as_str())).collect();
@@ -364,14 +365,7 @@ async fn a_trace_starts_here_when_the_client_sent_none_or_an_invalid_one() {
 
 #[tokio::test]
 async fn a_hostile_tracestate_is_cut_to_512_bytes_or_dropped() {
-    let up = Upstream::start().await;
-    let collector = Collector::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&collector.url(), ""),
-    ));
+    let (up, _collector, _dir, gw) = traced("").await;
     let tp = client_traceparent("01");
     // 30 members of 200 bytes (6 KB): members over 128 bytes go first, from the end.
     let long: Vec<String> = (0..30)
@@ -414,13 +408,7 @@ async fn a_hostile_tracestate_is_cut_to_512_bytes_or_dropped() {
 
 #[tokio::test]
 async fn refusals_are_exported_with_their_reason_and_no_subject() {
-    let (up, collector) = (Upstream::start().await, Collector::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&collector.url(), ""),
-    ));
+    let (up, collector, _dir, gw) = traced("").await;
     let auth = format!("Bearer {}", token("bob", json!({"roles": ["dev"]})));
     let tp = client_traceparent("01");
     let r = get(
@@ -561,14 +549,8 @@ async fn tracing_off_passes_a_valid_traceparent_unchanged_and_drops_an_invalid_o
 
 #[tokio::test]
 async fn sampling_follows_the_clients_flag_and_the_ratio_for_new_traces() {
-    let (up, collector) = (Upstream::start().await, Collector::start().await);
-    let dir = tempfile::tempdir().unwrap();
     let extra = "    sample_ratio: 0.0\n";
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&collector.url(), extra),
-    ));
+    let (up, collector, _dir, gw) = traced(extra).await;
     let unsampled = client_traceparent("00");
     let sampled = client_traceparent("01");
     for (id, tp, flags) in [
@@ -724,13 +706,7 @@ async fn an_unreachable_collector_counts_failures_and_requests_do_not_wait() {
 
 #[tokio::test]
 async fn a_reload_that_changes_telemetry_says_it_needs_a_restart() {
-    let (up, collector) = (Upstream::start().await, Collector::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&collector.url(), ""),
-    ));
+    let (up, collector, dir, gw) = traced("").await;
     binary_config(
         &dir,
         &up.url(),
@@ -777,17 +753,13 @@ fn the_readme_shows_a_working_telemetry_section() {
     assert!(example.starts_with("telemetry:\n  traces:\n"), "{example}");
     let dir = tempfile::tempdir().unwrap();
     let path = binary_config(&dir, "http://127.0.0.1:9", example);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let out = common::authgate_cli()
         .args(["check", "--config"])
         .arg(&path)
         .env("OTLP_TOKEN", "readme-test-token")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_success(&out);
     let reference = readme
         .split("## Config reference")
         .nth(1)

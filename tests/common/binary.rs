@@ -69,6 +69,27 @@ pub fn start_binary_with_env(config: &std::path::Path, env: &[(&str, &str)]) -> 
     }
 }
 
+/// The CLI with none of the environment the gateway reads, so a developer's shell cannot
+/// change what a test sees.
+pub fn authgate_cli() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    cmd.env_remove("AUTHGATE_CONFIG")
+        .env_remove("JWT_SECRET")
+        .env_remove("AUTHGATE_STORE")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Asserts that a command exited 0, showing its stderr when it did not.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn signal(child: &Child, sig: &str) {
     assert!(
         Command::new("kill")

@@ -26,7 +26,10 @@ pub mod pki;
 pub mod redis;
 use authgate::snapshot::Loaded;
 #[allow(unused_imports)]
-pub use binary::{Running, binary_config, signal, start_binary, start_binary_with_env};
+pub use binary::{
+    Running, assert_success, authgate_cli, binary_config, signal, start_binary,
+    start_binary_with_env,
+};
 #[allow(unused_imports)]
 pub use redis::{RedisServer, free_port};
 
