@@ -214,13 +214,15 @@ fn upstream_parent(headers: &HeaderMap) -> (String, String, String) {
 /// `telemetry.traces` (the directory holds the config: keep it as long as the gateway).
 async fn traced(extra: &str) -> (Upstream, Collector, tempfile::TempDir, Running) {
     let (up, collector) = (Upstream::start().await, Collector::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&collector.url(), extra),
-    ));
+    let (dir, gw) = exporting(&up.url(), &collector.url(), extra);
     (up, collector, dir, gw)
+}
+
+/// The binary forwarding to `upstream` and exporting to `endpoint`.
+fn exporting(upstream: &str, endpoint: &str, extra: &str) -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start_binary(&binary_config(&dir, upstream, &telemetry(endpoint, extra)));
+    (dir, gw)
 }
 
 async fn get(gw: &Running, path: &str, headers: &[(&str, &str)]) -> common::Reply {
@@ -453,12 +455,7 @@ async fn refusals_are_exported_with_their_reason_and_no_subject() {
 async fn an_unreachable_upstream_is_an_error_span_with_the_server_tried() {
     let collector = Collector::start().await;
     let dead = dead_addr().await;
-    let dir = tempfile::tempdir().unwrap();
-    let gw = start_binary(&binary_config(
-        &dir,
-        &format!("http://{dead}"),
-        &telemetry(&collector.url(), ""),
-    ));
+    let (_dir, gw) = exporting(&format!("http://{dead}"), &collector.url(), "");
     let r = get(&gw, "/public/x", &[("x-request-id", "r502")]).await;
     assert_eq!(r.status, 502);
     let s = collector.span("r502").await;
@@ -655,14 +652,9 @@ async fn requests_stay_fast_until(gw: &Running, series: &str, target: f64) {
 async fn a_hanging_collector_fills_the_queue_and_requests_do_not_wait() {
     let up = Upstream::start().await;
     let hanging = hanging_collector().await;
-    let dir = tempfile::tempdir().unwrap();
     let extra = "    max_queue: 4\n    export_timeout: 30s\n";
     let endpoint = format!("http://{hanging}/v1/traces");
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&endpoint, extra),
-    ));
+    let (_dir, gw) = exporting(&up.url(), &endpoint, extra);
     // One batch is stuck in the export and four spans wait in the queue: the rest are dropped.
     let series = "authgate_trace_spans_dropped_total{reason=\"queue_full\"}";
     requests_stay_fast_until(&gw, series, 20.0).await;
@@ -680,14 +672,9 @@ async fn a_hanging_collector_fills_the_queue_and_requests_do_not_wait() {
 async fn an_unreachable_collector_counts_failures_and_requests_do_not_wait() {
     let up = Upstream::start().await;
     let dead = dead_addr().await;
-    let dir = tempfile::tempdir().unwrap();
     let extra = "    export_timeout: 2s\n";
     let endpoint = format!("http://{dead}/v1/traces");
-    let gw = start_binary(&binary_config(
-        &dir,
-        &up.url(),
-        &telemetry(&endpoint, extra),
-    ));
+    let (_dir, gw) = exporting(&up.url(), &endpoint, extra);
     requests_stay_fast_until(&gw, "authgate_trace_export_failures_total", 1.0).await;
     let text = metrics(&gw).await;
     let lost = metric(
