@@ -170,24 +170,19 @@ impl Upstream {
             tried = Some(index);
             let (conn, reused) = match server.pool.checkout() {
                 Some(conn) => (conn, true),
-                // Boxed: the connect future (TCP, TLS and HTTP/2 handshakes) is ~6.7 KB, and
-                // inline it would make every request's future that much larger, moved and
-                // copied on every request for the rare one that connects.
-                None => {
-                    match Box::pin(servers.connector.connect(&server.host, server.port)).await {
-                        Ok(conn) => {
-                            server.pool.share(&conn);
-                            (conn, false)
-                        }
-                        // Nothing was sent: a refused or timed-out connect is retried elsewhere.
-                        Err(e) => {
-                            server.count(true);
-                            servers.eject(&self.name, &server, &e);
-                            *picked = Some(server);
-                            continue;
-                        }
+                None => match servers.connector.connect(&server.host, server.port).await {
+                    Ok(conn) => {
+                        server.pool.share(&conn);
+                        (conn, false)
                     }
-                }
+                    // Nothing was sent: a refused or timed-out connect is retried elsewhere.
+                    Err(e) => {
+                        server.count(true);
+                        servers.eject(&self.name, &server, &e);
+                        *picked = Some(server);
+                        continue;
+                    }
+                },
             };
             *req.uri_mut() = request_uri(&conn, servers.https, &server.authority, host, &path)?;
             let attempt = self.attempt(&server, servers, conn, reused, req).await;
